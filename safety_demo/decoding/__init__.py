@@ -1,0 +1,37 @@
+"""Decoding: one engine, small policy objects. `POLICIES` feeds CLI choices and UI columns."""
+from __future__ import annotations
+
+from .engine import GenerationConfig, StepEvent, generate, run_to_end, sample_token
+from .policy import Decision, Policy, StepInput, VanillaPolicy
+from .trace import ACTIONS, StepRecord, Trace
+
+POLICIES: dict[str, type[Policy]] = {
+    "vanilla": VanillaPolicy,
+}
+
+
+def make_policy(name: str, **knobs) -> Policy:
+    """Build a policy by name; an unknown name lists the options."""
+    try:
+        cls = POLICIES[name]
+    except KeyError:
+        raise ValueError(f"Unknown method {name!r}; choose one of: {', '.join(POLICIES)}") from None
+    return cls(**knobs)
+
+
+__all__ = [
+    "ACTIONS",
+    "Decision",
+    "GenerationConfig",
+    "POLICIES",
+    "Policy",
+    "StepEvent",
+    "StepInput",
+    "StepRecord",
+    "Trace",
+    "VanillaPolicy",
+    "generate",
+    "make_policy",
+    "run_to_end",
+    "sample_token",
+]

@@ -1,0 +1,63 @@
+"""Model registry: one name -> one loader. CLI choices and the UI picker read `MODEL_CHOICES`.
+
+Loaded adapters are cached per process (the one mutable module-level object we allow):
+a model is loaded once and shared by every request.
+"""
+from __future__ import annotations
+
+import threading
+
+from .base import DecodeState, ForwardOut, ModelLoadError, Request, VLMAdapter
+
+BUILTIN_MODELS = {
+    "builtin": "Built-in pipeline VLM: Qwen2.5-Coder-0.5B-Instruct + EfficientNet-Lite0 + OCR (CPU, offline)",
+    "builtin-fast": "Built-in pipeline VLM, fast variant: SmolLM2-135M-Instruct (no safety alignment; for tests)",
+}
+DEFAULT_MODEL = "builtin"
+
+_LOADED: dict[str, VLMAdapter] = {}
+_LOCK = threading.Lock()
+
+
+def model_choices() -> dict[str, str]:
+    """Every name `load_adapter` accepts without an allow-list entry, with a one-line description."""
+    from .hf import PRESETS
+
+    choices = dict(BUILTIN_MODELS)
+    choices.update({name: p.description for name, p in PRESETS.items()})
+    return choices
+
+
+def load_adapter(name: str = DEFAULT_MODEL) -> VLMAdapter:
+    """Load (once per process) the model called `name`: builtin, a preset, or an allowed repo id."""
+    with _LOCK:
+        if name not in _LOADED:
+            _LOADED[name] = _load(name)
+        return _LOADED[name]
+
+
+def _load(name: str) -> VLMAdapter:
+    if name in BUILTIN_MODELS:
+        from .builtin import load_builtin
+
+        return load_builtin("fast" if name == "builtin-fast" else "default")
+    if name.startswith("tiny-"):
+        from .tiny import load_tiny
+
+        return load_tiny(name.removeprefix("tiny-"))
+    from .hf import load_hf
+
+    return load_hf(name)
+
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "DEFAULT_MODEL",
+    "DecodeState",
+    "ForwardOut",
+    "ModelLoadError",
+    "Request",
+    "VLMAdapter",
+    "load_adapter",
+    "model_choices",
+]

@@ -1,0 +1,130 @@
+"""The one interface every model family sits behind.
+
+Decoding methods never branch on the family: they see rows of (image, prompt), next-token
+logits, final-layer hidden states and an opaque `DecodeState` they can re-index (repeat a
+row k times for candidates, keep one row after choosing). Family quirks (chat templates,
+where image tokens sit, `pixel_values` / `image_grid_thw`, M-RoPE deltas) stay inside the
+adapter.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+
+class ModelLoadError(RuntimeError):
+    """A model or one of its pieces cannot be loaded; the message says what to do."""
+
+
+@dataclass
+class Request:
+    """One row to run: an RGB image and the user's prompt."""
+
+    image: Image.Image
+    prompt: str
+
+
+@dataclass
+class DecodeState:
+    """What a model needs to continue B rows by one token.
+
+    Re-indexing is the only operation decoding methods do on it: `index_select([0, 0, 0])`
+    repeats row 0 three times (candidates on a shared prefix), `index_select([2])` keeps
+    row 2 (the chosen candidate). The KV cache is re-indexed in place, so the state that
+    was indexed must not be used afterwards.
+    """
+
+    cache: object  # transformers Cache, batch dim = B
+    attention_mask: torch.Tensor  # [B, T] long, 1 = real token, 0 = left padding
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # per-row tensors, dim 0 = B
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.attention_mask.shape[0])
+
+    def index_select(self, rows: torch.Tensor | Sequence[int]) -> "DecodeState":
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.attention_mask.device)
+        self.cache.batch_select_indices(rows.to(_cache_device(self.cache, rows.device)))
+        return DecodeState(
+            cache=self.cache,
+            attention_mask=self.attention_mask[rows],
+            extras={k: v[rows.to(v.device)] for k, v in self.extras.items()},
+        )
+
+
+def _cache_device(cache: object, default: torch.device) -> torch.device:
+    layers = getattr(cache, "layers", None) or []
+    for layer in layers:
+        keys = getattr(layer, "keys", None)
+        if isinstance(keys, torch.Tensor) and keys.numel():
+            return keys.device
+    return default
+
+
+@dataclass
+class ForwardOut:
+    """Output of one forward over B rows, at each row's last position."""
+
+    logits: torch.Tensor  # [B, V] float32 next-token logits
+    hidden: torch.Tensor  # [B, D] float32 final-layer hidden state (after the final norm)
+    state: DecodeState
+
+    def index_select(self, rows: torch.Tensor | Sequence[int]) -> "ForwardOut":
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        return ForwardOut(
+            logits=self.logits[rows.to(self.logits.device)],
+            hidden=self.hidden[rows.to(self.hidden.device)],
+            state=self.state.index_select(rows),
+        )
+
+
+class VLMAdapter(ABC):
+    """A vision-language model seen as: prefill rows, then step them one token at a time."""
+
+    name: str  # registry name or Hub repo id
+    model_id: str  # stable id used to key probe files (repo id + revision, or builtin hash)
+    tokenizer: object  # a transformers tokenizer: decode(), convert_ids_to_tokens()
+    device: torch.device
+    dtype: torch.dtype
+    eos_token_ids: frozenset[int]
+    description: str = ""  # one line shown in the UI: what this model is
+
+    @abstractmethod
+    def prefill(
+        self,
+        requests: Sequence[Request],
+        continuations: Sequence[Sequence[int]] | None = None,
+    ) -> ForwardOut:
+        """Run B rows' prompts (left-padded into one batch) and return their last positions.
+
+        `continuations` appends already generated token ids to each row; a full recompute of
+        a cached decode is `prefill(requests, [generated])`.
+        """
+
+    @abstractmethod
+    def step(self, token_ids: torch.Tensor, state: DecodeState) -> ForwardOut:
+        """Feed one new token per row (`token_ids` [B]) on top of `state`."""
+
+    @abstractmethod
+    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head: [B, D] final-layer hidden -> [B, V] float32 logits."""
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        """Each id's text on its own (for per-token views); byte-level pieces made readable."""
+        return [self.tokenizer.decode([int(i)], skip_special_tokens=False) for i in ids]
+
+    def encode_text(self, text: str) -> list[int]:
+        """Plain token ids of `text` (no special tokens): refusal phrases, forced prefixes."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @property
+    @abstractmethod
+    def hidden_size(self) -> int:
+        ...
