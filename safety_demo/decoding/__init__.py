@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from .engine import GenerationConfig, StepEvent, generate, run_to_end, sample_token
 from .policy import Decision, Policy, StepInput, VanillaPolicy
+from .safecode import SafeCoDeConfig, SafeCoDePolicy
 from .trace import ACTIONS, StepRecord, Trace
 
 POLICIES: dict[str, type[Policy]] = {
     "vanilla": VanillaPolicy,
+    "safecode": SafeCoDePolicy,
 }
 
 
@@ -24,6 +26,8 @@ __all__ = [
     "Decision",
     "GenerationConfig",
     "POLICIES",
+    "SafeCoDeConfig",
+    "SafeCoDePolicy",
     "Policy",
     "StepEvent",
     "StepInput",

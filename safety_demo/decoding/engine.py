@@ -168,6 +168,16 @@ def _record(adapter: VLMAdapter, out: ForwardOut, d: Decision, token: int, nxt: 
         action=d.action,
         scores=scores,
         candidate_scores={k: v.float().cpu().tolist() for k, v in d.candidate_scores.items()},
-        notes=d.notes,
+        notes=_name_tokens(adapter, d.notes),
         hidden=nxt.hidden[0].float().cpu().numpy() if config.keep_hidden else None,
     )
+
+
+def _name_tokens(adapter: VLMAdapter, notes: dict) -> dict:
+    """Give every `{"token_id": ...}` entry in the notes its text (the trace has no tokenizer)."""
+    for value in notes.values():
+        if isinstance(value, list) and value and isinstance(value[0], dict) and "token_id" in value[0]:
+            texts = adapter.token_texts([v["token_id"] for v in value])
+            for item, text in zip(value, texts):
+                item["token"] = text
+    return notes

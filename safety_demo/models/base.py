@@ -22,9 +22,13 @@ class ModelLoadError(RuntimeError):
 
 @dataclass
 class Request:
-    """One row to run: an RGB image and the user's prompt."""
+    """One row to run: an RGB image and the user's prompt.
 
-    image: Image.Image
+    `image=None` means a text-only turn (the SafeCoDe judge's verdict prompt); adapters
+    then build the chat template without an image slot.
+    """
+
+    image: Image.Image | None
     prompt: str
 
 

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import DynamicCache, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from .base import DecodeState, ForwardOut, Request, VLMAdapter
@@ -26,7 +26,9 @@ WORDS = (
 def _tokenizer() -> PreTrainedTokenizerFast:
     vocab = {w: i for i, w in enumerate(WORDS)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex("[,.!:]"), behavior="isolated")]
+    )
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<pad>")
 
@@ -66,7 +68,8 @@ class FakeAdapter(VLMAdapter):
         embed = self.model.get_input_embeddings()
         ids = self.encode_text(f"<image> {request.prompt}")
         with torch.no_grad():
-            parts = [embed(torch.tensor(ids[:1])), self.image_embeddings(request.image), embed(torch.tensor(ids[1:] + list(continuation), dtype=torch.long))]
+            vision = self.image_embeddings(request.image) if request.image is not None else torch.zeros(0, self.hidden_size)
+            parts = [embed(torch.tensor(ids[:1])), vision, embed(torch.tensor(ids[1:] + list(continuation), dtype=torch.long))]
         return torch.cat(parts)  # [T, D]
 
     @torch.no_grad()

@@ -1,0 +1,176 @@
+"""SafeCoDe (arXiv 2509.19212): a scene-level judge, then contrastive decoding with token
+modulation for the first few tokens. Defaults are the official implementation's.
+
+Per step t < `steps`, with z(v) and z(ṽ) the logits of the real and the noised image rows
+(one batch of two, each on its own cache):
+
+    z_cd = z(v) − α·z(ṽ)                      α = 0.3 after `unsafe`, 0.15 after `safe`
+    unsafe: force the first ≤ `steps` tokens of the refusal phrase with the highest
+            Σ softmax(z_cd) over its tokens (a phrase with a strong refusal word preferred
+            among the best `phrase_top_k`); if none fits, p′ = p_cd·(1 + λ_boost) on R
+    safe:   p′ = p_cd·(1 − 0.5·λ_supp) on R, renormalised
+
+After that, ordinary decoding from z(v). The noised row keeps running so every token gets
+its contrastive delta log p(real) − log p(noised) in the trace.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from ..inputs import InputError, add_gaussian_noise
+from ..models.base import Request, VLMAdapter
+from .judge import VERDICTS, run_judge
+from .policy import Decision, Policy, StepInput
+
+# The official list, as written there (duplicates removed; "</s>" kept: it is the official
+# Llama-style end token and simply tokenises to text on other models).
+OFFICIAL_REFUSALS = (
+    "I'm sorry", "I am sorry", "I'm an", "I'm just", "Sorry", "I apologize", "As an", "As an AI",
+    "As a language model", "As an Assistant", "I cannot", "I do not", "It is not</s>",
+    "It is not appropriate", "I'm unable to", "I am unable to", "I am not allowed to",
+    "I am an AI language model", "I’m unable to", "Hello", "I", "cannot", "apologize", "inappropriate",
+)
+# Curated: phrases that only ever start a refusal; R keeps only tokens that carry refusal
+# meaning on their own (no bare "I", "As", "Hello").
+CURATED_REFUSALS = (
+    "I'm sorry, but I can't help with that.", "I'm sorry, but I cannot assist with that.",
+    "Sorry, I can't help with that.", "I apologize, but I cannot help with this request.",
+    "I cannot help with that.", "I can't assist with that.", "I am unable to help with that.",
+    "I'm unable to provide that.", "I am not able to help with this.", "Unfortunately, I can't help with that.",
+    "As an AI, I cannot help with that.", "It is not appropriate for me to help with that.",
+)
+REFUSAL_VOCABULARIES = {"official": OFFICIAL_REFUSALS, "curated": CURATED_REFUSALS}
+STRONG_REFUSAL_WORDS = ("sorry", "apologize", "unable", "cannot", "can't", "not allowed", "not able to")
+_CURATED_TOKEN_WORDS = ("sorry", "apolog", "unable", "cannot", "can't", "can’t", "unfortunately", "inappropriate", "refuse", "not able", "won't")
+
+
+@dataclass
+class SafeCoDeConfig:
+    alpha_unsafe: float = 0.3  # contrast weight α after an `unsafe` verdict (official 0.3)
+    alpha_safe: float = 0.15  # α after `safe` (official: half of α)
+    sigma: float = 0.1  # std of the Gaussian pixel noise of ṽ, in [0, 1] RGB space
+    steps: int = 5  # modulated steps at the start of the answer (official max_steps)
+    phrase_top_k: int = 20  # refusal phrases ranked before preferring a strong one (official top_k)
+    lambda_boost: float = 1.0  # unsafe fallback: p′ = p·(1 + λ_boost) on R
+    lambda_supp: float = 1.0  # safe: p′ = p·(1 − 0.5·λ_supp) on R, i.e. ×0.5
+    vocabulary: str = "official"  # refusal vocabulary R: "official" or "curated"
+    verdict: str = "auto"  # judge override: auto / safe / unsafe
+    min_phrase_score: float = 0.0  # a phrase "fits" if its Σ p_cd exceeds this (official: any phrase)
+    length_cap: int = 0  # official cap on new tokens after `unsafe` (20–30); 0 = off
+    caption_max_tokens: int = 40  # judge caption budget (official ≤ 100; one sentence is kept)
+    movers: int = 5  # tokens whose log-probability moved most, recorded per step
+
+    def __post_init__(self) -> None:
+        checks = [
+            (0.0 <= self.alpha_unsafe <= 2.0, "alpha_unsafe must be in [0, 2]"),
+            (0.0 <= self.alpha_safe <= 2.0, "alpha_safe must be in [0, 2]"),
+            (0.0 <= self.sigma <= 1.0, "sigma must be in [0, 1]"),
+            (0 <= self.steps <= 64, "steps must be in [0, 64]"),
+            (1 <= self.phrase_top_k <= 100, "phrase_top_k must be in [1, 100]"),
+            (0.0 <= self.lambda_boost <= 10.0, "lambda_boost must be in [0, 10]"),
+            (0.0 <= self.lambda_supp <= 2.0, "lambda_supp must be in [0, 2] (2 removes refusals)"),
+            (self.vocabulary in REFUSAL_VOCABULARIES, f"vocabulary must be one of {list(REFUSAL_VOCABULARIES)}"),
+            (self.verdict in VERDICTS, f"verdict must be one of {VERDICTS}"),
+            (0 <= self.length_cap <= 4096, "length_cap must be in [0, 4096] (0 = off)"),
+            (1 <= self.caption_max_tokens <= 100, "caption_max_tokens must be in [1, 100]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(f"SafeCoDe: {message}.")
+
+
+def refusal_token_ids(adapter: VLMAdapter, vocabulary: str) -> list[int]:
+    """R: the token ids of the chosen refusal vocabulary."""
+    phrases = REFUSAL_VOCABULARIES[vocabulary]
+    if vocabulary == "official":  # every token of every phrase, as the official code does
+        return sorted({i for p in phrases for i in adapter.encode_text(p)})
+    ids = {i for p in phrases for v in (p, " " + p) for i in adapter.encode_text(v)}
+    texts = adapter.token_texts(sorted(ids))
+    return sorted(i for i, t in zip(sorted(ids), texts) if any(w in t.strip().lower() for w in _CURATED_TOKEN_WORDS))
+
+
+class SafeCoDePolicy(Policy):
+    """Judge, then real-vs-noised contrast and refusal modulation for the first `steps` tokens."""
+
+    name = "safecode"
+
+    def __init__(self, config: SafeCoDeConfig | None = None, judge_adapter: VLMAdapter | None = None, **knobs: Any) -> None:
+        self.config = config or SafeCoDeConfig(**knobs)
+        self.judge_adapter = judge_adapter  # a second local model; None = the decoding model itself
+
+    def describe(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+    def rows(self, request: Request, seed: int) -> list[Request]:
+        noised = add_gaussian_noise(request.image, self.config.sigma, seed)  # ṽ, seeded
+        return [request, Request(noised, request.prompt)]
+
+    def prepare(self, adapter: VLMAdapter, request: Request, seed: int) -> dict[str, Any]:
+        c = self.config
+        judge = run_judge(self.judge_adapter or adapter, request, override=c.verdict, caption_max_tokens=c.caption_max_tokens)
+        refusal_ids = refusal_token_ids(adapter, c.vocabulary)
+        phrases = [(p, adapter.encode_text(p)) for p in REFUSAL_VOCABULARIES[c.vocabulary]]
+        return {
+            "judge": judge.to_dict(),
+            "verdict": judge.verdict,
+            "alpha": c.alpha_unsafe if judge.verdict == "unsafe" else c.alpha_safe,
+            "refusal_tokens": adapter.token_texts(refusal_ids),
+            "_refusal_ids": torch.tensor(refusal_ids, dtype=torch.long),
+            "_phrases": [(p, ids) for p, ids in phrases if ids],
+            "_eos": min(adapter.eos_token_ids) if adapter.eos_token_ids else None,
+        }
+
+    def step(self, inp: StepInput) -> Decision:
+        c, run, t = self.config, inp.run, inp.step
+        z_real, z_noised = inp.logits[0].float(), inp.logits[1].float()  # [V] each
+        delta = torch.log_softmax(z_real, -1) - torch.log_softmax(z_noised, -1)  # [V] log p(real) − log p(noised)
+        common = dict(per_token={"policy.contrastive.delta": delta}, notes={"movers": self._movers(z_real, z_noised, delta), "verdict": run["verdict"]})
+        R = run["_refusal_ids"].to(z_real.device)
+        raw_mass = float(torch.softmax(z_real, -1)[R].sum()) if len(R) else 0.0
+
+        if c.length_cap and run["verdict"] == "unsafe" and t >= c.length_cap and run["_eos"] is not None:
+            return Decision(logits=z_real, action="forced", forced_token=run["_eos"], **common)  # official length cap
+        if t >= c.steps:
+            return Decision(logits=z_real, action="kept", **common)  # ordinary decoding
+
+        z_cd = z_real - run["alpha"] * z_noised  # contrastive logits
+        p_cd = torch.softmax(z_cd, -1)
+        scores = {"policy.refusal_mass.raw": raw_mass, "policy.refusal_mass.cd": float(p_cd[R].sum()) if len(R) else 0.0}
+
+        if run["verdict"] == "unsafe":
+            if t == 0:
+                run["_forced"], common["notes"]["phrases"] = self._pick_phrase(p_cd, run["_phrases"])
+            forced = run["_forced"]
+            if t < len(forced):
+                return Decision(logits=z_cd, action="forced", forced_token=forced[t], scores=scores, **common)
+            if forced:  # the refusal prefix is in place: ordinary decoding continues it
+                return Decision(logits=z_real, action="kept", scores=scores, **common)
+            p_mod = p_cd.clone()
+            p_mod[R] *= 1.0 + c.lambda_boost  # no phrase fits: boost R instead
+            action = "boosted"
+        else:
+            p_mod = p_cd.clone()
+            p_mod[R] *= 1.0 - 0.5 * c.lambda_supp  # suppress refusals
+            action = "suppressed"
+        p_mod = p_mod / p_mod.sum()
+        scores["policy.refusal_mass.policy"] = float(p_mod[R].sum()) if len(R) else 0.0
+        return Decision(logits=torch.log(p_mod.clamp_min(1e-30)), action=action, scores=scores, **common)
+
+    def _pick_phrase(self, p_cd: torch.Tensor, phrases: list[tuple[str, list[int]]]) -> tuple[list[int], list]:
+        """Official phrase choice: rank by Σ p_cd over the phrase's tokens, prefer a strong refusal."""
+        c = self.config
+        ranked = sorted(((p, float(p_cd[ids].sum()), ids) for p, ids in phrases), key=lambda x: -x[1])[: c.phrase_top_k]
+        ranked = [r for r in ranked if r[1] > c.min_phrase_score]
+        strong = [r for r in ranked if any(w in r[0].lower() for w in STRONG_REFUSAL_WORDS)]
+        best = (strong or ranked or [None])[0]
+        note = [{"phrase": p, "score": round(s, 6), "chosen": best is not None and p == best[0]} for p, s, _ in ranked[:5]]
+        return (best[2][: c.steps] if best else []), note
+
+    def _movers(self, z_real: torch.Tensor, z_noised: torch.Tensor, delta: torch.Tensor) -> list[dict[str, float]]:
+        """Plausible tokens (top-50 under either image) whose log-probability moved most."""
+        pool = torch.unique(torch.cat([torch.topk(z_real, 50).indices, torch.topk(z_noised, 50).indices]))
+        order = torch.argsort(delta[pool].abs(), descending=True)[: self.config.movers]
+        return [{"token_id": int(pool[i]), "delta": round(float(delta[pool[i]]), 4)} for i in order]
