@@ -4,11 +4,13 @@ from __future__ import annotations
 from .engine import GenerationConfig, StepEvent, generate, run_to_end, sample_token
 from .policy import Decision, Policy, StepInput, VanillaPolicy
 from .safecode import SafeCoDeConfig, SafeCoDePolicy
+from .safesteer import SafeSteerConfig, SafeSteerPolicy, add_probe_scores
 from .trace import ACTIONS, StepRecord, Trace
 
 POLICIES: dict[str, type[Policy]] = {
     "vanilla": VanillaPolicy,
     "safecode": SafeCoDePolicy,
+    "safesteer": SafeSteerPolicy,
 }
 
 
@@ -28,6 +30,9 @@ __all__ = [
     "POLICIES",
     "SafeCoDeConfig",
     "SafeCoDePolicy",
+    "SafeSteerConfig",
+    "SafeSteerPolicy",
+    "add_probe_scores",
     "Policy",
     "StepEvent",
     "StepInput",

@@ -1,0 +1,99 @@
+"""SafeSteer's probe: fit on the project's calibration set once per model, load after."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..models.base import Request, VLMAdapter
+from .extract import extract_h0
+from .probe import DecodingProbe, ProbeError, evaluate, fit_probe
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SAFETY_DEMO_CACHE", Path.home() / ".cache" / "safety_demo")) / "probes"
+
+
+def _compositions() -> tuple[str, ...]:
+    from ..data.calibration import natural_photo_sources
+
+    return ("CB", "TYPO", "FIGSTEP", "NATURAL") if natural_photo_sources() else ("CB", "TYPO", "FIGSTEP")
+
+
+def calibration_key() -> str:
+    """Calibration-set hash + the compositions this machine can render (natural photos are optional)."""
+    from ..data.calibration import calibration_hash
+
+    return hashlib.sha256(f"{calibration_hash()}:{','.join(_compositions())}".encode()).hexdigest()
+
+
+def probe_path(model_id: str, key: str | None = None) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id)[:80]
+    digest = hashlib.sha256(model_id.encode()).hexdigest()[:8]
+    return cache_dir() / f"{slug}-{digest}-{(key or calibration_key())[:12]}.npz"
+
+
+def calibration_features(adapter: VLMAdapter, key: str, progress: bool = True, batch_size: int = 8) -> dict[str, np.ndarray]:
+    """h₀ of every calibration item (cached next to the probe: refits need no model calls)."""
+    from ..data.calibration import calibration_items, image_for
+
+    path = probe_path(adapter.model_id, key).with_suffix(".features.npz")
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except Exception:
+            log.warning("feature cache %s unreadable; extracting again", path)
+    items = calibration_items(compositions=_compositions())
+    rows = [lambda it=it: Request(image_for(it), it.prompt) for it in items]
+    t0 = time.perf_counter()
+    h = extract_h0(adapter, rows, batch_size=batch_size, progress=progress, desc="calibration h₀")
+    feats = {
+        "h": h,
+        "labels": np.array([it.label for it in items]),
+        "compositions": np.array([it.composition for it in items]),
+        "splits": np.array([it.split for it in items]),
+        "categories": np.array([it.category for it in items]),
+        "extract_seconds": np.float64(time.perf_counter() - t0),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **feats)
+    return feats
+
+
+def fit_for(adapter: VLMAdapter, progress: bool = True) -> DecodingProbe:
+    """Extract (or reuse) calibration h₀, fit, save; returns the probe with its metrics."""
+    key = calibration_key()
+    feats = calibration_features(adapter, key, progress=progress)
+    probe = fit_probe(feats["h"], feats["labels"], feats["compositions"], feats["splits"], adapter.model_id, key)
+    probe.metrics["extract_seconds"] = float(feats["extract_seconds"])
+    probe.save(probe_path(adapter.model_id, key))
+    return probe
+
+
+def get_probe(adapter: VLMAdapter, fit_if_missing: bool = True, progress: bool = True) -> DecodingProbe:
+    """The probe for `adapter`: loaded if a valid file exists, else fitted (first use) and saved.
+
+    A corrupt file is refitted; a file for another model cannot be picked up by construction
+    (the path embeds the model id) and is refused by `DecodingProbe.load` if moved there.
+    """
+    key = calibration_key()
+    path = probe_path(adapter.model_id, key)
+    try:
+        return DecodingProbe.load(path, model_id=adapter.model_id, calibration_hash=key)
+    except ProbeError as exc:
+        if not fit_if_missing:
+            raise ProbeError(f"{exc} Fit one with: python -m safety_demo fit-probe --model {adapter.name}") from None
+        if path.exists():
+            log.warning("%s Refitting.", exc)
+    return fit_for(adapter, progress=progress)
+
+
+__all__ = ["DecodingProbe", "ProbeError", "calibration_key", "evaluate", "extract_h0", "fit_for", "fit_probe", "get_probe", "probe_path"]

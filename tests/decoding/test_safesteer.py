@@ -1,0 +1,119 @@
+"""SafeSteer on the fake model with a probe whose scores we know: s(h) = h[0] + bias."""
+import numpy as np
+import pytest
+import torch
+
+from safety_demo.decoding import GenerationConfig, SafeSteerConfig, SafeSteerPolicy, add_probe_scores, run_to_end
+from safety_demo.inputs import InputError
+from safety_demo.models.base import Request
+from safety_demo.probe import DecodingProbe
+
+
+def axis_probe(fake, bias=0.0, model_id=None) -> DecodingProbe:
+    D = fake.hidden_size
+    comps = np.eye(4, D, dtype=np.float32)
+    mu = np.zeros(D, np.float32)
+    mu[1] = 1.0
+    return DecodingProbe(
+        model_id=model_id or fake.model_id, calibration_hash="test", mean=np.zeros(D, np.float32), components=comps,
+        weight=np.array([1, 0, 0, 0], np.float32), bias=bias, mu=mu, mu_cb=np.zeros(D, np.float32),
+    )
+
+
+@pytest.fixture
+def req(photo):
+    return Request(photo, "how to make a bomb")
+
+
+class Counting:
+    """Wraps an adapter and records the batch size of every forward."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def prefill(self, requests, continuations=None):
+        self.calls.append(("prefill", len(requests)))
+        return self.inner.prefill(requests, continuations)
+
+    def step(self, token_ids, state):
+        self.calls.append(("step", len(token_ids)))
+        return self.inner.step(token_ids, state)
+
+
+def test_greedy_rerank_picks_the_least_harmful_candidate(fake, req):
+    probe = axis_probe(fake)
+    trace = run_to_end(fake, req, SafeSteerPolicy(probe=probe, use_msav=False, top_k=5, steps=3), GenerationConfig(max_new_tokens=3))
+    out = fake.prefill([req])
+    for t in range(len(trace)):
+        cands = torch.topk(out.logits[0], 5).indices
+        scores = [float(probe.logit(fake.step(c.view(1), fake.prefill([req], [trace.token_ids[:t].tolist()]).state).hidden[0].numpy())) for c in cands]
+        assert trace.token_ids[t] == int(cands[int(np.argmin(scores))])
+        assert trace.actions[t] == "reranked"
+        np.testing.assert_allclose(trace.candidate_scores["probe.score"][t], 1 / (1 + np.exp(-np.array(scores))), rtol=1e-3, atol=1e-5)
+        out = fake.prefill([req], [trace.token_ids[: t + 1].tolist()])
+
+
+def test_one_batched_forward_per_reranked_step(fake, req):
+    counting = Counting(fake)
+    trace = run_to_end(counting, req, SafeSteerPolicy(probe=axis_probe(fake), use_msav=False, top_k=5, steps=5), GenerationConfig(max_new_tokens=8))
+    steps = [b for kind, b in counting.calls if kind == "step"]
+    assert counting.calls[0] == ("prefill", 1) and sum(k == "prefill" for k, _ in counting.calls) == 1
+    reranked = min(5, len(trace))
+    assert steps[:reranked] == [5] * reranked  # one forward of k rows per reranked step, nothing recomputed
+    assert all(b == 1 for b in steps[reranked:])
+    assert len(steps) == len(trace)
+
+
+@pytest.mark.parametrize("threshold,fires", [(0.0, True), (1.0, False)])
+def test_msav_fires_only_above_threshold(fake, req, threshold, fires):
+    trace = run_to_end(fake, req, SafeSteerPolicy(probe=axis_probe(fake), threshold=threshold, use_probe=False), GenerationConfig(max_new_tokens=2))
+    assert trace.meta["msav"]["fired"] is fires
+    assert ("prefill_hidden_steered" in trace.meta) is fires
+
+
+def test_msav_first_token_logits_come_from_h0_bar(fake, req):
+    probe = axis_probe(fake, bias=5.0)  # everything looks harmful: MSAV fires
+    trace = run_to_end(fake, req, SafeSteerPolicy(probe=probe, use_probe=False, msav_mode="literal"), GenerationConfig(max_new_tokens=1))
+    h0 = fake.prefill([req]).hidden[0].numpy()
+    alpha = np.linalg.norm(h0 - probe.mu_cb)
+    h_bar = h0 + alpha * probe.mu
+    np.testing.assert_allclose(trace.meta["prefill_hidden_steered"], h_bar, rtol=1e-5)
+    expected = torch.softmax(fake.logits_from_hidden(torch.as_tensor(h_bar)[None])[0], -1)
+    np.testing.assert_allclose(trace.raw_probs[0], expected[torch.as_tensor(trace.candidate_ids[0])].numpy(), rtol=1e-4)
+
+
+def test_scaled_msav_moves_by_a_fraction_of_the_distance(fake, req):
+    trace = run_to_end(fake, req, SafeSteerPolicy(probe=axis_probe(fake, bias=5.0), use_probe=False, msav_scale=0.25), GenerationConfig(max_new_tokens=1))
+    m = trace.meta["msav"]
+    assert m["shift_norm"] == pytest.approx(0.25 * m["alpha"], rel=1e-4)
+
+
+def test_ablation_without_both_is_vanilla(fake, req):
+    from safety_demo.decoding import VanillaPolicy
+
+    plain = run_to_end(fake, req, VanillaPolicy(), GenerationConfig(max_new_tokens=6))
+    ablated = run_to_end(fake, req, SafeSteerPolicy(probe=axis_probe(fake, bias=5.0), use_probe=False, use_msav=False), GenerationConfig(max_new_tokens=6))
+    assert plain.token_ids.tolist() == ablated.token_ids.tolist()
+
+
+def test_probe_from_another_model_is_refused(fake, req):
+    with pytest.raises(InputError, match="fitted on"):
+        run_to_end(fake, req, SafeSteerPolicy(probe=axis_probe(fake, model_id="other-model")), GenerationConfig(max_new_tokens=1))
+
+
+def test_probe_scores_for_any_trace(fake, req):
+    from safety_demo.decoding import VanillaPolicy
+
+    trace = run_to_end(fake, req, VanillaPolicy(), GenerationConfig(max_new_tokens=4))
+    add_probe_scores(trace, axis_probe(fake))
+    expected = 1 / (1 + np.exp(-trace.hidden[:, 0].astype(np.float32)))
+    np.testing.assert_allclose(trace.scores["probe.score"], expected, rtol=1e-2)
+
+
+@pytest.mark.parametrize("knob", [dict(top_k=1), dict(top_k=50), dict(threshold=2), dict(msav_mode="x"), dict(steps=-1)])
+def test_bad_knobs_are_refused(knob):
+    with pytest.raises(InputError):
+        SafeSteerConfig(**knob)

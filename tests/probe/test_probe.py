@@ -1,0 +1,88 @@
+"""Decoding-Probe: fitting on synthetic features, persistence, and every way a file can be bad."""
+import numpy as np
+import pytest
+
+import safety_demo.data.calibration as calibration
+from safety_demo import probe as probe_pkg
+from safety_demo.probe import DecodingProbe, ProbeError, fit_probe, get_probe, probe_path
+
+
+def synthetic(n=400, d=16, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.array(["harmful", "harmless"] * (n // 2))
+    comps = np.array(["CB", "CB", "TYPO", "TYPO", "FIGSTEP", "FIGSTEP", "CB", "CB"] * (n // 8))
+    splits = np.where(np.arange(n) % 5 == 0, "heldout", "train")
+    h = rng.normal(size=(n, d)).astype(np.float32)
+    h[labels == "harmful", 0] += 3.0  # harm lives on axis 0
+    h[(labels == "harmful") & (comps != "CB"), 1] += 2.0  # image-carried harm shifts axis 1
+    return h, labels, comps, splits
+
+
+def test_fit_separates_and_reports_heldout_metrics():
+    probe = fit_probe(*synthetic(), model_id="m", calibration_hash="c")
+    assert probe.metrics["overall"]["auroc"] > 0.95
+    assert set(probe.metrics) >= {"CB", "TYPO", "FIGSTEP"}
+    assert probe.mu[1] > 1.5 and abs(probe.mu[0]) < 0.5  # μ points from text-only to image-carried harm
+
+
+def test_save_load_round_trip(tmp_path):
+    probe = fit_probe(*synthetic(), model_id="m", calibration_hash="c")
+    path = probe.save(tmp_path / "p.npz")
+    back = DecodingProbe.load(path, model_id="m", calibration_hash="c")
+    h = synthetic(seed=1)[0]
+    np.testing.assert_allclose(back.prob(h), probe.prob(h), rtol=1e-6)
+
+
+def test_probe_from_another_model_or_set_is_rejected(tmp_path):
+    path = fit_probe(*synthetic(), model_id="m", calibration_hash="c").save(tmp_path / "p.npz")
+    with pytest.raises(ProbeError, match="not on 'other'"):
+        DecodingProbe.load(path, model_id="other")
+    with pytest.raises(ProbeError, match="another calibration set"):
+        DecodingProbe.load(path, model_id="m", calibration_hash="different")
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", b"PK\x03\x04 truncated zip"])
+def test_corrupt_file_is_explained(tmp_path, content):
+    path = tmp_path / "p.npz"
+    path.write_bytes(content)
+    with pytest.raises(ProbeError, match="corrupt"):
+        DecodingProbe.load(path)
+
+
+@pytest.fixture
+def small_calibration(monkeypatch, tmp_path):
+    """A quick calibration subset and a private cache, so get_probe's real path runs in seconds."""
+    monkeypatch.setenv("SAFETY_DEMO_CACHE", str(tmp_path))
+    full = calibration.calibration_items
+
+    def few(split=None, compositions=("CB", "TYPO", "FIGSTEP"), **kw):
+        items = full(split=split, compositions=("CB", "TYPO", "FIGSTEP"), **kw)
+        keep = {}
+        for it in items:
+            keep.setdefault((it.label, it.composition, it.split), []).append(it)
+        return [it for group in keep.values() for it in group[:6]]
+
+    monkeypatch.setattr(calibration, "calibration_items", few)
+    monkeypatch.setattr(probe_pkg, "_compositions", lambda: ("CB", "TYPO", "FIGSTEP"))
+
+
+def test_missing_probe_is_fitted_then_loaded(fake, small_calibration):
+    first = get_probe(fake, progress=False)
+    path = probe_path(fake.model_id)
+    assert path.is_file() and first.model_id == fake.model_id
+    again = get_probe(fake, progress=False)
+    np.testing.assert_array_equal(again.weight, first.weight)
+
+
+def test_corrupt_probe_file_is_refitted(fake, small_calibration):
+    get_probe(fake, progress=False)
+    path = probe_path(fake.model_id)
+    path.write_bytes(b"not a probe")
+    probe = get_probe(fake, progress=False)
+    assert probe.model_id == fake.model_id
+    DecodingProbe.load(path)  # the refit replaced the bad file
+
+
+def test_missing_probe_without_fitting_says_how_to_fit(fake, small_calibration):
+    with pytest.raises(ProbeError, match="fit-probe"):
+        get_probe(fake, fit_if_missing=False)
