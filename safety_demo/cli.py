@@ -2,16 +2,32 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from pathlib import Path
 
-from .decoding import POLICIES, GenerationConfig, generate, make_policy
+from .decoding import POLICIES, GenerationConfig, SafeCoDeConfig, SafeSteerConfig, generate
 from .inputs import InputError, clean_prompt, load_image
 from .models import DEFAULT_MODEL, ModelLoadError, Request, load_adapter, model_choices
 
+POLICY_CONFIGS = {"safecode": SafeCoDeConfig, "safesteer": SafeSteerConfig}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type, prefix: str) -> None:
+    """One --prefix-field flag per dataclass field, with the named default in the help."""
+    group = parser.add_argument_group(f"{prefix} knobs")
+    for f in dataclasses.fields(config_cls):
+        flag = f"--{prefix}-{f.name.replace('_', '-')}"
+        if f.type in (bool, "bool"):
+            group.add_argument(flag, dest=f"{prefix}__{f.name}", action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(str(f.type), str)
+            group.add_argument(flag, dest=f"{prefix}__{f.name}", metavar=f.name.upper(), type=kind, default=f.default, help=f"default {f.default!r}")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m safety_demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m safety_demo", description="Safety-steering decoding, token by token.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="decode one image + prompt, streaming the answer")
@@ -26,19 +42,34 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=defaults.temperature, help="0 = greedy")
     gen.add_argument("--top-p", type=float, default=defaults.top_p)
     gen.add_argument("--seed", type=int, default=defaults.seed)
+    for prefix, cls in POLICY_CONFIGS.items():
+        _add_config_flags(gen, cls, prefix)
 
     sub.add_parser("models", help="list the models this install can load by name")
 
     setup = sub.add_parser("setup", help="fetch, check and convert the built-in model(s) once")
     setup.add_argument("--variant", choices=["default", "fast", "all"], default="default")
+
+    fit = sub.add_parser("fit-probe", help="fit SafeSteer's Decoding-Probe on the calibration set")
+    fit.add_argument("--model", default=DEFAULT_MODEL)
+    fit.add_argument("--refit", action="store_true", help="refit even if a probe file exists (reuses cached h₀)")
     return parser
+
+
+def _policy(args: argparse.Namespace):
+    cls = POLICIES[args.method]
+    prefix = args.method
+    if prefix not in POLICY_CONFIGS:
+        return cls()
+    knobs = {k.split("__", 1)[1]: v for k, v in vars(args).items() if k.startswith(f"{prefix}__")}
+    return cls(config=POLICY_CONFIGS[prefix](**knobs))
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     prompt = clean_prompt(args.prompt)
     image = load_image(args.image)
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    policy = make_policy(args.method)
+    policy = _policy(args)
     adapter = load_adapter(args.model)
     trace = None
     for event in generate(adapter, Request(image=image, prompt=prompt), policy, config):
@@ -48,9 +79,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(event.piece, end="", flush=True)
     print()
     m = trace.meta
+    extra = ""
+    if "judge" in m:
+        extra = f"; judge: {m['judge']['verdict']} ({m['judge']['source']}), caption: {m['judge']['caption']!r}"
+    if "msav" in m:
+        extra = f"; P(harmful|h₀)={m['msav']['h0_score']:.3f}, MSAV {'fired' if m['msav']['fired'] else 'off'}"
     print(
         f"[{trace.method}] {len(trace)} tokens, {trace.tokens_per_second:.1f} tok/s, "
-        f"first token after {m['ttft_seconds']:.2f}s",
+        f"first token after {m['ttft_seconds']:.2f}s{extra}",
         file=sys.stderr,
     )
     if args.trace:
@@ -73,7 +109,24 @@ def cmd_setup(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "models": cmd_models, "setup": cmd_setup}
+def cmd_fit_probe(args: argparse.Namespace) -> int:
+    from .probe import fit_for, get_probe
+
+    adapter = load_adapter(args.model)
+    probe = fit_for(adapter) if args.refit else get_probe(adapter)
+    m = probe.metrics
+    print(f"probe for {adapter.model_id}: {m.get('n_train')} training items, "
+          f"h₀ extraction {m.get('extract_seconds', float('nan')):.1f}s, fit {m.get('fit_seconds', float('nan')):.2f}s")
+    print(f"{'held-out':10s} {'n':>5s} {'accuracy':>9s} {'AUROC':>7s}")
+    for name in ("overall", "CB", "TYPO", "FIGSTEP", "NATURAL"):
+        if name in m:
+            row = m[name]
+            auroc = "—" if row["auroc"] is None else f"{row['auroc']:.3f}"
+            print(f"{name:10s} {row['n']:5d} {row['accuracy']:9.3f} {auroc:>7s}")
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "models": cmd_models, "setup": cmd_setup, "fit-probe": cmd_fit_probe}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,10 @@ def _load(name: str) -> VLMAdapter:
         from .builtin import load_builtin
 
         return load_builtin("fast" if name == "builtin-fast" else "default")
+    if name == "fake":  # the test stand-in (tests, CLI smoke runs); never listed in the UI
+        from .fake import FakeAdapter
+
+        return FakeAdapter()
     if name.startswith("tiny-"):
         from .tiny import load_tiny
 
