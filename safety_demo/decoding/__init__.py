@@ -1,7 +1,7 @@
 """Decoding: one engine, small policy objects. `POLICIES` feeds CLI choices and UI columns."""
 from __future__ import annotations
 
-from .engine import GenerationConfig, StepEvent, generate, run_to_end, sample_token
+from .engine import GenerationConfig, StepEvent, generate, generate_many, run_to_end, sample_token
 from .policy import Decision, Policy, StepInput, VanillaPolicy
 from .safecode import SafeCoDeConfig, SafeCoDePolicy
 from .safesteer import SafeSteerConfig, SafeSteerPolicy, add_probe_scores
@@ -40,6 +40,7 @@ __all__ = [
     "Trace",
     "VanillaPolicy",
     "generate",
+    "generate_many",
     "make_policy",
     "run_to_end",
     "sample_token",

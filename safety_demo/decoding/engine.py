@@ -65,6 +65,29 @@ def sample_token(logits: torch.Tensor, config: GenerationConfig, generator: torc
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 
+@dataclass
+class _Lane:
+    """One method's share of a (possibly shared) batch: its rows, memory and record so far."""
+
+    name: str
+    policy: Policy
+    run: dict
+    generator: torch.Generator  # per lane, so a method samples the same alone or side by side
+    n_rows: int  # R: rows this method decodes (vanilla 1, SafeCoDe 2: real + noised)
+    out: ForwardOut | None = None  # logits [R, V] / hidden [R, D] for the next choice (rows view only)
+    h0: np.ndarray | None = None
+    h_bar: torch.Tensor | None = None
+    generated: list[int] = field(default_factory=list)
+    steps: list[StepRecord] = field(default_factory=list)
+    decision: Decision | None = None
+    inp: StepInput | None = None
+    token: int = -1
+    done: bool = False
+    prepare_seconds: float = 0.0
+    ttft: float | None = None
+    t_end: float = 0.0
+
+
 def generate(
     adapter: VLMAdapter,
     request: Request,
@@ -73,68 +96,142 @@ def generate(
 ) -> Iterator[StepEvent]:
     """Decode `request` with `policy`, yielding one event per token, then a done event."""
     policy = policy or VanillaPolicy()
+    for _, event in generate_many(adapter, request, {policy.name: policy}, config):
+        yield event
+
+
+def generate_many(
+    adapter: VLMAdapter,
+    request: Request,
+    policies: dict[str, Policy],
+    config: GenerationConfig | None = None,
+) -> Iterator[tuple[str, StepEvent]]:
+    """Decode one request with several methods in ONE batch per step, yielding (name, event).
+
+    The prompt is prefilled once per distinct row (the real image is shared by every
+    method; SafeCoDe adds its noised row), then each step runs every live method's rows in
+    a single forward: SafeSteer's k candidates ride in the same batch as the others' next
+    tokens. A method's tokens equal what it produces alone (same seed, own sampler).
+    """
     config = config or GenerationConfig()
-    generator = torch.Generator().manual_seed(config.seed)
     t_start = time.perf_counter()
-
-    run = policy.prepare(adapter, request, config.seed)  # e.g. SafeCoDe's judge
-    t_prepared = time.perf_counter()
-    rows = policy.rows(request, config.seed)  # R rows: [real] or [real, noised]
-    out = adapter.prefill(rows)  # logits [R, V], hidden [R, D], shared KV cache
-    h0 = out.hidden[0].float().cpu().numpy()
-    h_bar = policy.prefill_hidden(out.hidden[0], run)  # SafeSteer's MSAV may move h₀
-    if h_bar is not None:
-        out.logits[0] = adapter.logits_from_hidden(h_bar[None].to(out.hidden.dtype))[0].float()
-    t_first = time.perf_counter()
-
-    steps: list[StepRecord] = []
-    generated: list[int] = []
-    ttft = None
-    for t in range(config.max_new_tokens):
+    lanes: list[_Lane] = []
+    for name, policy in policies.items():
         t0 = time.perf_counter()
-        inp = StepInput(step=t, logits=out.logits, hidden=out.hidden, generated=generated, run=run)
-        decision = policy.step(inp)  # the method's view of this step
-        if decision.lookahead is not None:
-            k = len(decision.lookahead)
-            ahead = adapter.step(decision.lookahead.to(adapter.device), out.state.index_select([0] * k))  # k rows, one forward
-            index, decision = policy.choose(inp, decision, ahead.hidden)
-            token = int(decision.lookahead[index])
-            nxt = ahead.index_select([index])  # keep the chosen row's cache and logits
-        else:
-            token = decision.forced_token if decision.forced_token is not None else sample_token(decision.logits, config, generator)
-            nxt = adapter.step(torch.full((out.state.batch_size,), token, dtype=torch.long, device=adapter.device), out.state)
-        generated.append(token)
-        record = _record(adapter, out, decision, token, nxt, config)
-        record.seconds = time.perf_counter() - t0
-        steps.append(record)
-        ttft = ttft if ttft is not None else time.perf_counter() - t_start
-        out = nxt
-        yield StepEvent(step=t, token_id=token, piece=record.token, text=adapter.decode(generated), record=record)
-        if token in adapter.eos_token_ids:
-            break
+        run = policy.prepare(adapter, request, config.seed)  # e.g. SafeCoDe's judge
+        lanes.append(_Lane(name, policy, run, torch.Generator().manual_seed(config.seed), 0, prepare_seconds=time.perf_counter() - t0))
 
-    text = adapter.decode(generated)
-    t_end = time.perf_counter()
-    meta = {
-        "method": policy.name,
-        "model": adapter.name,
-        "model_id": adapter.model_id,
-        "prompt": request.prompt,
-        "rows": len(rows),
-        "config": asdict(config),
-        "policy": policy.describe(),
-        "prepare_seconds": t_prepared - t_start,  # the judge, for SafeCoDe
-        "prefill_seconds": t_first - t_prepared,
-        "decode_seconds": t_end - t_first,
-        "ttft_seconds": ttft,
-        "total_seconds": t_end - t_start,
-        "stopped_on_eos": bool(generated and generated[-1] in adapter.eos_token_ids),
-        **{k: v for k, v in run.items() if not k.startswith("_")},
-    }
-    if h_bar is not None:
-        meta["prefill_hidden_steered"] = h_bar.float().cpu().numpy()
-    trace = Trace.from_steps(policy.name, text, steps, h0, meta)
-    yield StepEvent(step=len(steps), token_id=-1, piece="", text=text, done=True, trace=trace)
+    # prefill each distinct row once, then lay the rows out lane after lane
+    unique: list[Request] = []
+    layout: list[int] = []
+    for lane in lanes:
+        rows = lane.policy.rows(request, config.seed)
+        lane.n_rows = len(rows)
+        for row in rows:
+            index = next((i for i, u in enumerate(unique) if u is row), None)
+            if index is None:
+                unique.append(row)
+                index = len(unique) - 1
+            layout.append(index)
+    t_prefill = time.perf_counter()
+    out = adapter.prefill(unique)  # logits [U, V], hidden [U, D], one KV cache
+    if layout != list(range(len(unique))):
+        out = out.index_select(layout)  # [R_total] rows: lane blocks
+    offset = 0
+    for lane in lanes:
+        lane.out = ForwardOut(out.logits[offset : offset + lane.n_rows].clone(), out.hidden[offset : offset + lane.n_rows], out.state)
+        lane.h0 = lane.out.hidden[0].float().cpu().numpy()
+        lane.h_bar = lane.policy.prefill_hidden(lane.out.hidden[0], lane.run)  # SafeSteer's MSAV may move h₀
+        if lane.h_bar is not None:
+            lane.out.logits[0] = adapter.logits_from_hidden(lane.h_bar[None].to(out.hidden.dtype))[0].float()
+        offset += lane.n_rows
+    state = out.state
+    t_first = time.perf_counter()
+    prefill_seconds = t_first - t_prefill
+
+    for t in range(config.max_new_tokens):
+        live = [lane for lane in lanes if not lane.done]
+        if not live:
+            break
+        # 1. each method decides; the next batch is every live lane's rows (k candidates for a lookahead)
+        sources: list[int] = []  # row of the current state each new row continues
+        tokens: list[int] = []
+        offset = 0
+        for lane in lanes:
+            if lane.done:
+                continue
+            inp = StepInput(step=t, logits=lane.out.logits, hidden=lane.out.hidden, generated=lane.generated, run=lane.run)
+            d = lane.policy.step(inp)
+            lane.decision, lane.inp = d, inp
+            if d.lookahead is not None:
+                cands = d.lookahead.tolist()
+                sources += [offset] * len(cands)  # row 0 of the lane, once per candidate
+                tokens += cands
+            else:
+                lane.token = d.forced_token if d.forced_token is not None else sample_token(d.logits, config, lane.generator)
+                sources += list(range(offset, offset + lane.n_rows))
+                tokens += [lane.token] * lane.n_rows
+            offset += lane.n_rows
+        if sources != list(range(state.batch_size)):
+            state = state.index_select(sources)
+        t_step = time.perf_counter()
+        nxt = adapter.step(torch.tensor(tokens, dtype=torch.long, device=adapter.device), state)  # ONE forward for all
+        step_seconds = time.perf_counter() - t_step
+
+        # 2. lookahead lanes choose; everyone records; finished lanes drop out of the batch
+        keep: list[int] = []
+        offset = 0
+        for lane in lanes:
+            if lane.done:
+                continue
+            d = lane.decision
+            width = len(d.lookahead) if d.lookahead is not None else lane.n_rows
+            block = list(range(offset, offset + width))
+            if d.lookahead is not None:
+                index, d = lane.policy.choose(lane.inp, d, nxt.hidden[block[0] : block[-1] + 1])
+                lane.decision, lane.token = d, int(d.lookahead[index])
+                block = [block[index]]  # keep the chosen candidate's row: cache and logits
+            lane.generated.append(lane.token)
+            chosen = ForwardOut(nxt.logits[block], nxt.hidden[block], nxt.state)
+            record = _record(adapter, lane.out, d, lane.token, chosen, config)
+            record.seconds = step_seconds
+            lane.steps.append(record)
+            now = time.perf_counter()
+            lane.ttft = lane.ttft if lane.ttft is not None else now - t_start
+            lane.out = chosen
+            lane.done = lane.token in adapter.eos_token_ids or t + 1 >= config.max_new_tokens
+            if lane.done:
+                lane.t_end = now
+            else:
+                keep += block
+            offset += width
+            yield lane.name, StepEvent(step=t, token_id=lane.token, piece=record.token, text=adapter.decode(lane.generated), record=record)
+        state = nxt.state.index_select(keep) if keep and keep != list(range(nxt.state.batch_size)) else nxt.state
+
+    for lane in lanes:
+        text = adapter.decode(lane.generated)
+        t_end = lane.t_end or time.perf_counter()
+        meta = {
+            "method": lane.policy.name,
+            "model": adapter.name,
+            "model_id": adapter.model_id,
+            "prompt": request.prompt,
+            "rows": lane.n_rows,
+            "shared_with": [other.name for other in lanes if other is not lane],
+            "config": asdict(config),
+            "policy": lane.policy.describe(),
+            "prepare_seconds": lane.prepare_seconds,  # the judge, for SafeCoDe
+            "prefill_seconds": prefill_seconds,
+            "decode_seconds": t_end - t_first,
+            "ttft_seconds": lane.ttft,
+            "total_seconds": t_end - t_start,
+            "stopped_on_eos": bool(lane.generated and lane.generated[-1] in adapter.eos_token_ids),
+            **{k: v for k, v in lane.run.items() if not k.startswith("_")},
+        }
+        if lane.h_bar is not None:
+            meta["prefill_hidden_steered"] = lane.h_bar.float().cpu().numpy()
+        trace = Trace.from_steps(lane.policy.name, text, lane.steps, lane.h0, meta)
+        yield lane.name, StepEvent(step=len(lane.steps), token_id=-1, piece="", text=text, done=True, trace=trace)
 
 
 def run_to_end(adapter: VLMAdapter, request: Request, policy: Policy | None = None, config: GenerationConfig | None = None) -> Trace:
@@ -146,6 +243,7 @@ def run_to_end(adapter: VLMAdapter, request: Request, policy: Policy | None = No
 
 
 def _record(adapter: VLMAdapter, out: ForwardOut, d: Decision, token: int, nxt: ForwardOut, config: GenerationConfig) -> StepRecord:
+    # out: the lane's rows before the step (row 0 = real image); nxt: its chosen row after it
     """Candidates, both probabilities and the method's scores of one step."""
     raw = torch.softmax(out.logits[0].float(), dim=-1)  # [V] the model's own distribution
     pol = torch.softmax(d.logits.float(), dim=-1)  # [V] the method's distribution
