@@ -261,6 +261,7 @@ def _record(adapter: VLMAdapter, out: ForwardOut, d: Decision, token: int, nxt: 
         token_id=token,
         token=adapter.token_texts([token])[0],
         candidate_ids=cand,
+        candidate_tokens=adapter.token_texts(cand),
         raw_probs=raw[cand_index].tolist(),
         policy_probs=pol[cand_index].tolist(),
         action=d.action,

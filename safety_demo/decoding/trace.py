@@ -25,6 +25,7 @@ class StepRecord:
     candidate_ids: list[int]  # [K] candidates, by the method's probability
     raw_probs: list[float]  # [K] the model's own probability of each candidate (real image row)
     policy_probs: list[float]  # [K] the method's adjusted probability of each candidate
+    candidate_tokens: list[str] = field(default_factory=list)  # [K] their texts (the trace has no tokenizer)
     action: str = "kept"
     scores: dict[str, float] = field(default_factory=dict)  # named scalars for this step
     candidate_scores: dict[str, list[float]] = field(default_factory=dict)  # named [K] vectors
@@ -41,6 +42,7 @@ class Trace:
       token_ids        [T] int64 chosen tokens
       tokens           [T] str text of each token
       candidate_ids    [T, K] int64 the method's top-K candidates (chosen token always included)
+      candidate_tokens [T][K] str their texts
       raw_probs        [T, K] float32 vanilla probability of each candidate (real-image row)
       policy_probs     [T, K] float32 the method's adjusted probability of each candidate
       actions          [T] str one of ACTIONS
@@ -57,6 +59,7 @@ class Trace:
     token_ids: np.ndarray
     tokens: list[str]
     candidate_ids: np.ndarray
+    candidate_tokens: list[list[str]]
     raw_probs: np.ndarray
     policy_probs: np.ndarray
     actions: list[str]
@@ -69,7 +72,7 @@ class Trace:
 
     def __post_init__(self) -> None:
         T = len(self.token_ids)
-        assert len(self.tokens) == T and len(self.actions) == T and len(self.notes) == T
+        assert len(self.tokens) == T and len(self.actions) == T and len(self.notes) == T and len(self.candidate_tokens) == T
         assert self.candidate_ids.shape[0] == T and self.candidate_ids.shape == self.raw_probs.shape
         assert self.policy_probs.shape == self.raw_probs.shape
         assert all(v.shape == (T,) for v in self.scores.values())
@@ -115,6 +118,7 @@ class Trace:
             token_ids=np.array([s.token_id for s in steps], dtype=np.int64),
             tokens=[s.token for s in steps],
             candidate_ids=grid(lambda s: s.candidate_ids, np.int64, -1),
+            candidate_tokens=[list(s.candidate_tokens) or ["?"] * len(s.candidate_ids) for s in steps],
             raw_probs=grid(lambda s: s.raw_probs, np.float32, np.nan),
             policy_probs=grid(lambda s: s.policy_probs, np.float32, np.nan),
             actions=[s.action for s in steps],
@@ -142,6 +146,7 @@ class Trace:
                     "candidates": [
                         {
                             "token_id": int(c),
+                            "token": self.candidate_tokens[i][j] if j < len(self.candidate_tokens[i]) else None,
                             "raw_prob": _num(self.raw_probs[i, j]),
                             "policy_prob": _num(self.policy_probs[i, j]),
                             **{k: _num(v[i, j]) for k, v in self.candidate_scores.items()},
@@ -174,6 +179,7 @@ class Trace:
                 token_id=s["token_id"],
                 token=s["token"],
                 candidate_ids=[c["token_id"] for c in s["candidates"]],
+                candidate_tokens=[c.get("token") or "?" for c in s["candidates"]],
                 raw_probs=[_unnum(c["raw_prob"]) for c in s["candidates"]],
                 policy_probs=[_unnum(c["policy_prob"]) for c in s["candidates"]],
                 action=s["action"],
@@ -189,7 +195,7 @@ class Trace:
 
 
 def _candidate_columns(cands: list[dict[str, Any]]) -> dict[str, list[float]]:
-    fixed = {"token_id", "raw_prob", "policy_prob"}
+    fixed = {"token_id", "token", "raw_prob", "policy_prob"}
     names = sorted({k for c in cands for k in c} - fixed)
     return {n: [_unnum(c.get(n)) for c in cands] for n in names}
 
