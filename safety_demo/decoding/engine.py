@@ -81,6 +81,9 @@ class _Lane:
     steps: list[StepRecord] = field(default_factory=list)
     decision: Decision | None = None
     inp: StepInput | None = None
+    rows: list[Request] = field(default_factory=list)
+    width: int = 0  # rows this lane put into the current step's batch
+    error: str | None = None
     token: int = -1
     done: bool = False
     prepare_seconds: float = 0.0
@@ -105,6 +108,7 @@ def generate_many(
     request: Request,
     policies: dict[str, Policy],
     config: GenerationConfig | None = None,
+    isolate_errors: bool = False,
 ) -> Iterator[tuple[str, StepEvent]]:
     """Decode one request with several methods in ONE batch per step, yielding (name, event).
 
@@ -112,66 +116,94 @@ def generate_many(
     method; SafeCoDe adds its noised row), then each step runs every live method's rows in
     a single forward: SafeSteer's k candidates ride in the same batch as the others' next
     tokens. A method's tokens equal what it produces alone (same seed, own sampler).
+
+    With `isolate_errors`, an exception inside one method (its judge, probe or step) ends
+    that method only: its trace carries `meta["error"]` and the others finish. Errors of
+    the model forward itself always propagate.
     """
     config = config or GenerationConfig()
     t_start = time.perf_counter()
     lanes: list[_Lane] = []
+
+    def fail(lane: _Lane, exc: Exception) -> None:
+        if not isolate_errors:
+            raise exc
+        lane.error, lane.done, lane.t_end = f"{type(exc).__name__}: {exc}", True, time.perf_counter()
+
     for name, policy in policies.items():
         t0 = time.perf_counter()
-        run = policy.prepare(adapter, request, config.seed)  # e.g. SafeCoDe's judge
-        lanes.append(_Lane(name, policy, run, torch.Generator().manual_seed(config.seed), 0, prepare_seconds=time.perf_counter() - t0))
+        lane = _Lane(name, policy, {}, torch.Generator().manual_seed(config.seed), 0)
+        try:
+            lane.run = policy.prepare(adapter, request, config.seed)  # e.g. SafeCoDe's judge
+            rows = policy.rows(request, config.seed)  # [real] or [real, noised]
+        except Exception as exc:
+            fail(lane, exc)
+            rows = []
+        lane.prepare_seconds, lane.rows = time.perf_counter() - t0, rows
+        lane.n_rows = len(rows)
+        lanes.append(lane)
 
     # prefill each distinct row once, then lay the rows out lane after lane
     unique: list[Request] = []
     layout: list[int] = []
     for lane in lanes:
-        rows = lane.policy.rows(request, config.seed)
-        lane.n_rows = len(rows)
-        for row in rows:
+        for row in lane.rows:
             index = next((i for i, u in enumerate(unique) if u is row), None)
             if index is None:
                 unique.append(row)
                 index = len(unique) - 1
             layout.append(index)
     t_prefill = time.perf_counter()
-    out = adapter.prefill(unique)  # logits [U, V], hidden [U, D], one KV cache
-    if layout != list(range(len(unique))):
-        out = out.index_select(layout)  # [R_total] rows: lane blocks
-    offset = 0
-    for lane in lanes:
-        lane.out = ForwardOut(out.logits[offset : offset + lane.n_rows].clone(), out.hidden[offset : offset + lane.n_rows], out.state)
-        lane.h0 = lane.out.hidden[0].float().cpu().numpy()
-        lane.h_bar = lane.policy.prefill_hidden(lane.out.hidden[0], lane.run)  # SafeSteer's MSAV may move h₀
-        if lane.h_bar is not None:
-            lane.out.logits[0] = adapter.logits_from_hidden(lane.h_bar[None].to(out.hidden.dtype))[0].float()
-        offset += lane.n_rows
-    state = out.state
+    state = None
+    if unique:
+        out = adapter.prefill(unique)  # logits [U, V], hidden [U, D], one KV cache
+        if layout != list(range(len(unique))):
+            out = out.index_select(layout)  # [R_total] rows: lane blocks
+        state, offset, alive = out.state, 0, []
+        for lane in (lane for lane in lanes if not lane.done):
+            lane.out = ForwardOut(out.logits[offset : offset + lane.n_rows].clone(), out.hidden[offset : offset + lane.n_rows], state)
+            lane.h0 = lane.out.hidden[0].float().cpu().numpy()
+            try:
+                lane.h_bar = lane.policy.prefill_hidden(lane.out.hidden[0], lane.run)  # SafeSteer's MSAV may move h₀
+                alive += range(offset, offset + lane.n_rows)
+            except Exception as exc:
+                fail(lane, exc)
+            offset += lane.n_rows
+            if lane.h_bar is not None:
+                lane.out.logits[0] = adapter.logits_from_hidden(lane.h_bar[None].to(out.hidden.dtype))[0].float()
+        if alive and alive != list(range(offset)):
+            state = state.index_select(alive)  # drop the rows of a method that failed at prefill
     t_first = time.perf_counter()
     prefill_seconds = t_first - t_prefill
 
     for t in range(config.max_new_tokens):
-        live = [lane for lane in lanes if not lane.done]
+        live = [lane for lane in lanes if not lane.done]  # their rows, in order, make up `state`
         if not live:
             break
         # 1. each method decides; the next batch is every live lane's rows (k candidates for a lookahead)
         sources: list[int] = []  # row of the current state each new row continues
         tokens: list[int] = []
         offset = 0
-        for lane in lanes:
-            if lane.done:
-                continue
-            inp = StepInput(step=t, logits=lane.out.logits, hidden=lane.out.hidden, generated=lane.generated, run=lane.run)
-            d = lane.policy.step(inp)
-            lane.decision, lane.inp = d, inp
-            if d.lookahead is not None:
-                cands = d.lookahead.tolist()
-                sources += [offset] * len(cands)  # row 0 of the lane, once per candidate
-                tokens += cands
-            else:
-                lane.token = d.forced_token if d.forced_token is not None else sample_token(d.logits, config, lane.generator)
-                sources += list(range(offset, offset + lane.n_rows))
-                tokens += [lane.token] * lane.n_rows
+        for lane in live:
+            lane.width = 0
+            try:
+                lane.inp = StepInput(step=t, logits=lane.out.logits, hidden=lane.out.hidden, generated=lane.generated, run=lane.run)
+                d = lane.decision = lane.policy.step(lane.inp)
+                if d.lookahead is not None:
+                    cands = d.lookahead.tolist()
+                    sources += [offset] * len(cands)  # row 0 of the lane, once per candidate
+                    tokens += cands
+                    lane.width = len(cands)
+                else:
+                    lane.token = d.forced_token if d.forced_token is not None else sample_token(d.logits, config, lane.generator)
+                    sources += list(range(offset, offset + lane.n_rows))
+                    tokens += [lane.token] * lane.n_rows
+                    lane.width = lane.n_rows
+            except Exception as exc:
+                fail(lane, exc)
             offset += lane.n_rows
+        if not sources:
+            break
         if sources != list(range(state.batch_size)):
             state = state.index_select(sources)
         t_step = time.perf_counter()
@@ -181,16 +213,20 @@ def generate_many(
         # 2. lookahead lanes choose; everyone records; finished lanes drop out of the batch
         keep: list[int] = []
         offset = 0
-        for lane in lanes:
-            if lane.done:
+        for lane in live:
+            if lane.width == 0:
                 continue
+            block = list(range(offset, offset + lane.width))
+            offset += lane.width
             d = lane.decision
-            width = len(d.lookahead) if d.lookahead is not None else lane.n_rows
-            block = list(range(offset, offset + width))
-            if d.lookahead is not None:
-                index, d = lane.policy.choose(lane.inp, d, nxt.hidden[block[0] : block[-1] + 1])
-                lane.decision, lane.token = d, int(d.lookahead[index])
-                block = [block[index]]  # keep the chosen candidate's row: cache and logits
+            try:
+                if d.lookahead is not None:
+                    index, d = lane.policy.choose(lane.inp, d, nxt.hidden[block[0] : block[-1] + 1])
+                    lane.decision, lane.token = d, int(d.lookahead[index])
+                    block = [block[index]]  # keep the chosen candidate's row: cache and logits
+            except Exception as exc:
+                fail(lane, exc)
+                continue
             lane.generated.append(lane.token)
             chosen = ForwardOut(nxt.logits[block], nxt.hidden[block], nxt.state)
             record = _record(adapter, lane.out, d, lane.token, chosen, config)
@@ -204,9 +240,11 @@ def generate_many(
                 lane.t_end = now
             else:
                 keep += block
-            offset += width
             yield lane.name, StepEvent(step=t, token_id=lane.token, piece=record.token, text=adapter.decode(lane.generated), record=record)
-        state = nxt.state.index_select(keep) if keep and keep != list(range(nxt.state.batch_size)) else nxt.state
+        if keep and keep != list(range(nxt.state.batch_size)):
+            state = nxt.state.index_select(keep)
+        else:
+            state = nxt.state
 
     for lane in lanes:
         text = adapter.decode(lane.generated)
@@ -228,9 +266,12 @@ def generate_many(
             "stopped_on_eos": bool(lane.generated and lane.generated[-1] in adapter.eos_token_ids),
             **{k: v for k, v in lane.run.items() if not k.startswith("_")},
         }
+        if lane.error:
+            meta["error"] = lane.error
         if lane.h_bar is not None:
             meta["prefill_hidden_steered"] = lane.h_bar.float().cpu().numpy()
-        trace = Trace.from_steps(lane.policy.name, text, lane.steps, lane.h0, meta)
+        h0 = lane.h0 if lane.h0 is not None else np.zeros(0, np.float32)
+        trace = Trace.from_steps(lane.policy.name, text, lane.steps, h0, meta)
         yield lane.name, StepEvent(step=len(lane.steps), token_id=-1, piece="", text=text, done=True, trace=trace)
 
 

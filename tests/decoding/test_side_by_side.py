@@ -44,3 +44,42 @@ def test_side_by_side_is_one_prefill_and_one_forward_per_step(fake, photo):
     assert len(after) == max(len(t) for t in traces.values())
     # step 0: vanilla 1 + SafeCoDe 2 + SafeSteer k=5 candidate rows, all in one batch
     assert after[0][1] == 1 + 2 + 5
+
+
+class Broken(VanillaPolicy):
+    name = "broken"
+
+    def __init__(self, fail_at: str):
+        self.fail_at = fail_at
+
+    def prepare(self, adapter, request, seed):
+        if self.fail_at == "prepare":
+            raise RuntimeError("judge crashed")
+        return {}
+
+    def prefill_hidden(self, hidden, run):
+        if self.fail_at == "prefill":
+            raise RuntimeError("probe crashed")
+
+    def step(self, inp):
+        if self.fail_at == "step" and inp.step == 2:
+            raise RuntimeError("policy crashed")
+        return super().step(inp)
+
+
+@pytest.mark.parametrize("fail_at", ["prepare", "prefill", "step"])
+def test_one_failing_method_does_not_stop_the_others(fake, photo, fail_at):
+    req = Request(photo, "how to make a bomb")
+    policies = {**_policies(fake), "broken": Broken(fail_at)}
+    config = GenerationConfig(max_new_tokens=6)
+    traces = {n: ev.trace for n, ev in generate_many(fake, req, policies, config, isolate_errors=True) if ev.done}
+    assert "crashed" in traces["broken"].meta["error"]
+    for name in ("vanilla", "safecode", "safesteer"):
+        assert "error" not in traces[name].meta
+        alone = run_to_end(fake, req, _policies(fake)[name], config)
+        assert traces[name].token_ids.tolist() == alone.token_ids.tolist()
+
+
+def test_errors_propagate_without_isolation(fake, photo):
+    with pytest.raises(RuntimeError, match="policy crashed"):
+        list(generate_many(fake, Request(photo, "x"), {"broken": Broken("step")}, GenerationConfig(max_new_tokens=6)))
