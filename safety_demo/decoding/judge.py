@@ -130,4 +130,4 @@ def run_judge(
 def _first_sentence(text: str) -> str:
     text = " ".join(text.split())
     match = re.match(r"(.+?[.!?])(\s|$)", text)
-    return (match.group(1) if match else text).strip()
+    return (match.group(1) if match else text).strip()[:300]  # one sentence, bounded

@@ -5,6 +5,7 @@ a model is loaded once and shared by every request.
 """
 from __future__ import annotations
 
+import os
 import threading
 
 from .base import DecodeState, ForwardOut, ModelLoadError, Request, VLMAdapter
@@ -25,6 +26,8 @@ def model_choices() -> dict[str, str]:
 
     choices = dict(BUILTIN_MODELS)
     choices.update({name: p.description for name, p in PRESETS.items()})
+    if os.environ.get("SAFETY_DEMO_FAKE_MODEL") == "1":  # tests only: the milliseconds stand-in
+        choices["fake"] = "Fake tiny model for tests"
     return choices
 
 

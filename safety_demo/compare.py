@@ -1,0 +1,99 @@
+"""The app's side-by-side run: vanilla, SafeCoDe and SafeSteer on one request, streaming.
+
+Library code (no Gradio): the app and the benchmark both call `compare`. Every method runs
+in the same batch per step (`generate_many`); a method that fails ends alone with a message.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from .decoding import (
+    GenerationConfig,
+    SafeCoDeConfig,
+    SafeCoDePolicy,
+    SafeSteerConfig,
+    SafeSteerPolicy,
+    Trace,
+    VanillaPolicy,
+    add_probe_scores,
+    generate_many,
+)
+from .models.base import Request, VLMAdapter
+from .probe import DecodingProbe
+
+METHODS = ("vanilla", "safecode", "safesteer")
+TITLES = {"vanilla": "Vanilla", "safecode": "SafeCoDe", "safesteer": "SafeSteer"}
+
+
+@dataclass
+class CompareConfig:
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    safecode: SafeCoDeConfig = field(default_factory=SafeCoDeConfig)
+    safesteer: SafeSteerConfig = field(default_factory=SafeSteerConfig)
+    methods: tuple[str, ...] = METHODS  # which columns to run
+
+
+@dataclass
+class Column:
+    """What one answer column shows at this moment."""
+
+    method: str
+    text: str = ""
+    tokens: list[tuple[str, float | None]] = field(default_factory=list)  # (token, 2·P(harmful) − 1)
+    n_tokens: int = 0
+    seconds: float = 0.0
+    done: bool = False
+    error: str | None = None
+    trace: Trace | None = None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.n_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def make_policies(config: CompareConfig, probe: DecodingProbe | None) -> dict:
+    factories = {
+        "vanilla": lambda: VanillaPolicy(),
+        "safecode": lambda: SafeCoDePolicy(config=config.safecode),
+        "safesteer": lambda: SafeSteerPolicy(config=config.safesteer, probe=probe),
+    }
+    return {m: factories[m]() for m in config.methods}
+
+
+def compare(
+    adapter: VLMAdapter, request: Request, config: CompareConfig, probe: DecodingProbe | None = None
+) -> Iterator[dict[str, Column]]:
+    """Yield the columns after every token; the last yield has every trace, probe-scored."""
+    columns = {m: Column(m) for m in config.methods}
+    t0 = time.perf_counter()
+    events = generate_many(adapter, request, make_policies(config, probe), config.generation, isolate_errors=True)
+    for name, event in events:
+        col = columns[name]
+        if event.done:
+            col.done, col.trace, col.text = True, event.trace, event.trace.text
+            col.error = event.trace.meta.get("error")
+            col.seconds = event.trace.meta["total_seconds"]
+            if probe is not None:
+                add_probe_scores(event.trace, probe)
+            col.tokens = token_scores(event.trace, probe)
+            continue
+        col.text, col.n_tokens = event.text, event.step + 1
+        col.seconds = time.perf_counter() - t0
+        score = None
+        if probe is not None and event.record.hidden is not None:
+            score = float(2.0 * probe.prob(event.record.hidden) - 1.0)
+        col.tokens.append((event.piece, score))
+        yield columns
+    yield columns
+
+
+def token_scores(trace: Trace, probe: DecodingProbe | None) -> list[tuple[str, float | None]]:
+    """(token, 2·P(harmful) − 1) pairs: −1 = harmless, +1 = harmful, None = no probe."""
+    scores = trace.scores.get("probe.score")
+    if scores is None:
+        return [(tok, None) for tok in trace.tokens]
+    return [(tok, None if np.isnan(p) else float(2 * p - 1)) for tok, p in zip(trace.tokens, scores)]

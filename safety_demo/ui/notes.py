@@ -1,0 +1,32 @@
+"""Short teaching notes: what each view shows and how to read it."""
+
+INTRO = """# safety_demo — how safety-steering decoding changes what a VLM says, token by token
+Upload an image and a prompt. The model answers three ways **side by side**: **Vanilla** (the model alone),
+**SafeCoDe** (a judge + contrast with a noised image for the first tokens) and **SafeSteer** (a safety probe
+reranks the first tokens; MSAV nudges the prompt's hidden state). The views below explain why the answers differ."""
+
+BUILTIN_NOTE = """**Built-in model (CPU, offline):** a small *pipeline* stand-in, not a real VLM. Real parts:
+Qwen2.5-Coder-0.5B-Instruct (language model, with real safety alignment), EfficientNet-Lite0 (ImageNet recogniser) and
+RapidOCR (text in the image). The image reaches the language model as visual embeddings (class-name soft tokens + OCR text).
+Pick a preset to run a real VLM on a GPU."""
+
+ANSWERS = """**How to read the answers.** Each token is coloured by the SafeSteer probe's **P(harmful)** of the hidden state at
+that token: blue = reads as harmless, red = reads as harmful, uncoloured = no probe yet. Same colours for all three
+methods, so you can compare where each answer turns harmful or safe."""
+
+DELTA = """**Contrastive delta.** For each answer token: log p(token | real image) − log p(token | noised image).
+Above zero, the *content* of the image pushed the model towards this token; near zero, the image did not matter.
+SafeCoDe subtracts α × the noised-image logits, so tokens driven by what the image actually says are the ones it keeps.
+Hover a bar to see the tokens whose probability moved most."""
+
+INSPECTOR = """**Step inspector.** Pick a method and a step. The bars show, for the top candidates at that step, the model's own
+probability (vanilla) and the method's adjusted probability; for SafeSteer, the probe's P(harmful) of each candidate's
+hidden state. The action says what the method did: *kept*, *suppressed* / *boosted* (refusal tokens), *forced* (a refusal
+opening), *reranked* (the least harmful candidate won)."""
+
+MAP = """**Hidden-state map.** Each dot is a calibration request's last-prompt hidden state h₀, coloured harmful / harmless,
+shaped by how the request was composed (text-only, typographic, FigStep list, photo). The ★ is this prompt's h₀;
+◆ is h̄₀ after MSAV (if it fired). The lines follow each answer's tokens through hidden-state space.
+PCA is exact and fast; t-SNE and UMAP show neighbourhoods but distort distances (UMAP compiles on first use)."""
+
+LEGEND = "Colour = probe P(harmful): −1 harmless (blue) … +1 harmful (red)."
