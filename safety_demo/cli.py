@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     setup = sub.add_parser("setup", help="fetch, check and convert the built-in model(s) once")
     setup.add_argument("--variant", choices=["default", "fast", "all"], default="default")
 
+    bench = sub.add_parser("bench", help="measure every method's cost as a ratio to vanilla (writes docs/PERFORMANCE.md)")
+    bench.add_argument("--model", default=DEFAULT_MODEL)
+    bench.add_argument("--new-tokens", type=int, default=128)
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--prompts", type=int, default=2)
+    bench.add_argument("--output", type=Path, default=Path("docs/PERFORMANCE.md"))
+
     fit = sub.add_parser("fit-probe", help="fit SafeSteer's Decoding-Probe on the calibration set")
     fit.add_argument("--model", default=DEFAULT_MODEL)
     fit.add_argument("--refit", action="store_true", help="refit even if a probe file exists (reuses cached h₀)")
@@ -126,7 +133,14 @@ def cmd_fit_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "models": cmd_models, "setup": cmd_setup, "fit-probe": cmd_fit_probe}
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .eval.bench import BenchConfig, main as bench_main
+
+    cfg = BenchConfig(model=args.model, new_tokens=args.new_tokens, repeats=args.repeats, prompts=args.prompts, output=args.output)
+    return bench_main(cfg, "python -m safety_demo " + " ".join(sys.argv[1:]))
+
+
+COMMANDS = {"bench": cmd_bench, "generate": cmd_generate, "models": cmd_models, "setup": cmd_setup, "fit-probe": cmd_fit_probe}
 
 
 def main(argv: list[str] | None = None) -> int:

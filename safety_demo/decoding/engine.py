@@ -27,6 +27,7 @@ class GenerationConfig:
     seed: int = 0  # seeds sampling and any noise a method draws: same seed, same output
     trace_top_k: int = 5  # candidates recorded per step in the trace
     keep_hidden: bool = True  # keep each token's hidden state (probe scores, trajectory map)
+    ignore_eos: bool = False  # benchmarks: always decode max_new_tokens
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_new_tokens <= LIMITS.max_new_tokens:
@@ -235,7 +236,7 @@ def generate_many(
             now = time.perf_counter()
             lane.ttft = lane.ttft if lane.ttft is not None else now - t_start
             lane.out = chosen
-            lane.done = lane.token in adapter.eos_token_ids or t + 1 >= config.max_new_tokens
+            lane.done = (lane.token in adapter.eos_token_ids and not config.ignore_eos) or t + 1 >= config.max_new_tokens
             if lane.done:
                 lane.t_end = now
             else:

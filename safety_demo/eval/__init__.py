@@ -1,0 +1,1 @@
+"""Evaluation: benchmark loaders, metrics, the eval CLI and the performance benchmark."""

@@ -1,0 +1,154 @@
+"""`python -m safety_demo bench`: every method's cost as a ratio to vanilla, measured in one run.
+
+Timings on a shared 2-core machine are noisy, so each figure is a median over repeats and
+every ratio is taken between runs of the same repeat, on the same prompts. Absolute times
+are reported next to the bound they should be compared with: decoding one token streams
+every weight once, so tokens/s ≤ memory bandwidth / model bytes.
+"""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..compare import CompareConfig, make_policies
+from ..decoding import GenerationConfig, SafeCoDePolicy, SafeSteerPolicy, VanillaPolicy, generate_many, run_to_end
+from ..models import Request, VLMAdapter, load_adapter
+from ..probe import get_probe
+
+
+@dataclass
+class BenchConfig:
+    model: str = "builtin"  # registry name
+    new_tokens: int = 128  # decoded per run, EOS ignored, so every method decodes the same count
+    repeats: int = 3  # medians over this many repeats
+    prompts: int = 2  # example prompts used (the first N of the app's examples)
+    output: Path | None = Path("docs/PERFORMANCE.md")  # markdown report (None: print only)
+
+
+@dataclass
+class BenchResult:
+    rows: dict[str, list[float]] = field(default_factory=dict)  # metric -> values over repeats × prompts
+
+    def add(self, name: str, value: float) -> None:
+        self.rows.setdefault(name, []).append(value)
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.rows[name]) if self.rows.get(name) else float("nan")
+
+
+def matvec_bandwidth_gbs(repeats: int = 20) -> float:
+    """Memory bandwidth a matrix-vector product reaches here (fp32, 256 MB matrix)."""
+    a = torch.randn(8192, 8192)
+    x = torch.randn(8192)
+    a @ x
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ x
+        times.append(time.perf_counter() - t0)
+    return a.numel() * 4 / statistics.median(times) / 1e9
+
+
+def model_bytes(adapter: VLMAdapter) -> int:
+    model = getattr(adapter, "model", None) or getattr(adapter, "lm", None)
+    if model is None:
+        return 0
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _requests(n: int) -> list[Request]:
+    from PIL import Image
+
+    from ..ui.examples import ensure_examples
+
+    rows = ensure_examples()[:n]
+    return [Request(Image.open(path).convert("RGB"), prompt) for path, prompt in rows]
+
+
+def run_bench(cfg: BenchConfig, log=print) -> tuple[BenchResult, dict[str, Any]]:
+    adapter = load_adapter(cfg.model)
+    t0 = time.perf_counter()
+    probe = get_probe(adapter)
+    probe_seconds = time.perf_counter() - t0
+    gen = GenerationConfig(max_new_tokens=cfg.new_tokens, ignore_eos=True)
+    result = BenchResult()
+    requests = _requests(cfg.prompts)
+    for r in range(cfg.repeats):
+        for i, req in enumerate(requests):
+            log(f"repeat {r + 1}/{cfg.repeats}, prompt {i + 1}/{len(requests)}")
+            v = run_to_end(adapter, req, VanillaPolicy(), gen)
+            sc = run_to_end(adapter, req, SafeCoDePolicy(), gen)
+            ss = run_to_end(adapter, req, SafeSteerPolicy(probe=probe), gen)
+            both = {n: e.trace for n, e in generate_many(adapter, req, make_policies(CompareConfig(generation=gen), probe), gen) if e.done}
+            v_tps, v_total = v.tokens_per_second, v.meta["prefill_seconds"] + v.meta["decode_seconds"]
+            result.add("vanilla tok/s", v_tps)
+            result.add("vanilla TTFT s", v.meta["ttft_seconds"])
+            result.add("vanilla prefill s", v.meta["prefill_seconds"])
+            result.add("safecode decode ratio", sc.tokens_per_second / v_tps)
+            result.add("safecode judge s", sc.meta["prepare_seconds"])
+            result.add("safecode judge / vanilla run", sc.meta["prepare_seconds"] / v_total)
+            result.add("safesteer ratio", ss.tokens_per_second / v_tps)
+            result.add("safesteer TTFT s", ss.meta["ttft_seconds"])
+            side = max(t.meta["prefill_seconds"] + t.meta["decode_seconds"] for t in both.values())
+            result.add("side-by-side / vanilla run (no judge)", side / v_total)
+    bandwidth = matvec_bandwidth_gbs()
+    size = model_bytes(adapter)
+    facts = {
+        "model": cfg.model,
+        "model_id": adapter.model_id,
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "new_tokens": cfg.new_tokens,
+        "repeats": cfg.repeats,
+        "prompts": len(requests),
+        "probe_fit_seconds": probe.metrics.get("fit_seconds"),
+        "probe_extract_seconds": probe.metrics.get("extract_seconds"),
+        "probe_load_seconds": probe_seconds,
+        "bandwidth_gbs": bandwidth,
+        "model_mb": size / 1e6,
+        "bound_tps": bandwidth * 1e9 / size if size else float("nan"),
+    }
+    return result, facts
+
+
+def report(result: BenchResult, facts: dict[str, Any], command: str) -> str:
+    m = result.median
+    bound = facts["bound_tps"]
+    lines = [
+        "# Performance",
+        "",
+        f"Measured by `{command}` on {facts['machine']}. Model: `{facts['model']}` ({facts['model_mb']:.0f} MB of weights). "
+        f"{facts['new_tokens']} new tokens per run (EOS ignored), {facts['prompts']} prompts × {facts['repeats']} repeats; "
+        "every figure is a median, every ratio is taken within one repeat on the same prompt.",
+        "",
+        "| metric | median | target |",
+        "|---|---|---|",
+        f"| vanilla decode | {m('vanilla tok/s'):.2f} tok/s ({m('vanilla tok/s') / bound:.0%} of the {bound:.1f} tok/s bandwidth bound) | — |",
+        f"| vanilla time to first token | {m('vanilla TTFT s'):.2f} s (prefill {m('vanilla prefill s'):.2f} s) | — |",
+        f"| SafeCoDe decode tok/s ÷ vanilla | {m('safecode decode ratio'):.2f}× | ≥ 0.90× |",
+        f"| SafeCoDe judge (caption + verdict) | {m('safecode judge s'):.1f} s = {m('safecode judge / vanilla run'):.2f}× one vanilla run | reported separately |",
+        f"| SafeSteer tok/s ÷ vanilla | {m('safesteer ratio'):.2f}× | ≥ 0.95× |",
+        f"| SafeSteer time to first token | {m('safesteer TTFT s'):.2f} s | — |",
+        f"| side-by-side (all three, one batch per step) ÷ one vanilla run, judge excluded | {m('side-by-side / vanilla run (no judge)'):.2f}× | ≤ 2.0× |",
+        f"| probe: h₀ extraction over the calibration set (first use) | {facts['probe_extract_seconds'] or float('nan'):.0f} s | — |",
+        f"| probe: fit (PCA + logistic regression) | {facts['probe_fit_seconds'] or float('nan'):.2f} s | < 60 s |",
+        "",
+        f"Bandwidth bound: a {8192}×{8192} fp32 matrix-vector product streams {facts['bandwidth_gbs']:.1f} GB/s here; "
+        f"{facts['model_mb']:.0f} MB of weights per token gives at most {bound:.1f} tok/s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(cfg: BenchConfig, command: str) -> int:
+    result, facts = run_bench(cfg)
+    text = report(result, facts, command)
+    print(text)
+    if cfg.output:
+        cfg.output.parent.mkdir(parents=True, exist_ok=True)
+        cfg.output.write_text(text)
+    return 0
