@@ -281,13 +281,16 @@ class HFAdapter(VLMAdapter):
 
     def encode(self, requests: Sequence[Request]) -> dict:
         """The processor's left-padded batch: input_ids, attention_mask, pixel_values, ..."""
+        text_only = [r.image is None for r in requests]
+        if any(text_only) and not all(text_only):
+            raise ValueError("A batch must be all image rows or all text-only rows.")
         texts = [
             self.processor.apply_chat_template(
-                _messages(r.prompt), add_generation_prompt=True, tokenize=False
+                _messages(r.prompt, with_image=not text_only[0]), add_generation_prompt=True, tokenize=False
             )
             for r in requests
         ]
-        images = [[r.image.convert("RGB")] for r in requests]
+        images = None if text_only[0] else [[r.image.convert("RGB")] for r in requests]
         # a template that writes BOS itself (Gemma 3) must not get a second one
         bos = self.tokenizer.bos_token
         add_special_tokens = not (bos is not None and texts[0].startswith(bos))
@@ -310,7 +313,7 @@ class HFAdapter(VLMAdapter):
                 raise ValueError(f"{len(continuations)} continuations for {len(requests)} rows")
             batch = _append_continuations(batch, continuations, self.tokenizer.pad_token_id)
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        if batch["pixel_values"].is_floating_point():
+        if "pixel_values" in batch and batch["pixel_values"].is_floating_point():
             batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
         mask = batch["attention_mask"]  # [B, T]
         extras: dict[str, torch.Tensor] = {}
@@ -319,7 +322,7 @@ class HFAdapter(VLMAdapter):
             # (delta = a row's next position - its number of real tokens)
             position_ids, deltas = self._rope_index(
                 batch["input_ids"],
-                mm_token_type_ids=batch["mm_token_type_ids"],
+                mm_token_type_ids=batch.get("mm_token_type_ids", torch.zeros_like(batch["input_ids"])),
                 image_grid_thw=batch.get("image_grid_thw"),
                 attention_mask=mask,
             )
@@ -378,8 +381,9 @@ class HFAdapter(VLMAdapter):
         return logits
 
 
-def _messages(prompt: str) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+def _messages(prompt: str, with_image: bool = True) -> list[dict]:
+    image = [{"type": "image"}] if with_image else []
+    return [{"role": "user", "content": [*image, {"type": "text", "text": prompt}]}]
 
 
 def _new_cache(config):
