@@ -57,6 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--prompts", type=int, default=2)
     bench.add_argument("--output", type=Path, default=Path("docs/PERFORMANCE.md"))
 
+    ev = sub.add_parser("eval", help="run methods over a benchmark: ASR / refusal rate, resumable (writes results.jsonl, summary.md, report.html)")
+    ev.add_argument("--bench", required=True, choices=list(_bench_loaders()), help="benchmark format")
+    ev.add_argument("--data", required=True, type=Path, help="the benchmark's folder (or its main file)")
+    ev.add_argument("--methods", default="vanilla,safecode,safesteer", help=f"comma-separated, among {', '.join(POLICIES)}")
+    ev.add_argument("--model", default=DEFAULT_MODEL)
+    ev.add_argument("--limit", type=int, help="at most N items, spread over categories (default: all)")
+    ev.add_argument("--out", type=Path, help="run folder; rerun with the same folder to resume (default out/eval/<bench>-<model>)")
+    ev.add_argument("--max-new-tokens", type=int, default=64)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+
     fit = sub.add_parser("fit-probe", help="fit SafeSteer's Decoding-Probe on the calibration set")
     fit.add_argument("--model", default=DEFAULT_MODEL)
     fit.add_argument("--refit", action="store_true", help="refit even if a probe file exists (reuses cached h₀)")
@@ -140,7 +151,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(cfg, "python -m safety_demo " + " ".join(sys.argv[1:]))
 
 
-COMMANDS = {"bench": cmd_bench, "generate": cmd_generate, "models": cmd_models, "setup": cmd_setup, "fit-probe": cmd_fit_probe}
+def _bench_loaders() -> dict:
+    from .eval.loaders import LOADERS
+
+    return LOADERS
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval.runner import EvalConfig, main as eval_main
+
+    cfg = EvalConfig(
+        bench=args.bench, data=args.data, methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), model=args.model,
+        limit=args.limit, out=args.out, max_new_tokens=args.max_new_tokens, seed=args.seed, progress=not args.quiet,
+    )
+    return eval_main(cfg)
+
+
+COMMANDS = {"bench": cmd_bench, "generate": cmd_generate, "models": cmd_models, "setup": cmd_setup, "fit-probe": cmd_fit_probe, "eval": cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from safety_demo.inputs import add_gaussian_noise
 from safety_demo.models.base import ForwardOut, Request
 from safety_demo.models.hf import PLACEHOLDER_LOGIT, HFAdapter
 from safety_demo.models.tiny import TINY_FAMILIES, load_tiny
@@ -40,10 +41,8 @@ def _image(seed: int, size: tuple[int, int] = (64, 48)) -> Image.Image:
 
 
 def _noised(image: Image.Image, sigma: float = 0.1, seed: int = 1) -> Image.Image:
-    """SafeCoDe's noised copy: clip(v + N(0, sigma^2), 0, 1) in [0, 1] RGB space."""
-    x = np.asarray(image, dtype=np.float64) / 255.0
-    x = np.clip(x + np.random.default_rng(seed).normal(0.0, sigma, x.shape), 0.0, 1.0)
-    return Image.fromarray((x * 255.0).round().astype(np.uint8))
+    """SafeCoDe's noised copy, made by the same function the method uses."""
+    return add_gaussian_noise(image, sigma, seed)
 
 
 def _greedy(out: ForwardOut) -> torch.Tensor:

@@ -1,0 +1,235 @@
+"""`python -m safety_demo eval`: run methods over a benchmark, resumably, and report the rates.
+
+For each item every requested method decodes side by side (`generate_many`, one batch per
+step). As soon as an item finishes, one JSON line per (item, method) is appended to
+`<out>/results.jsonl` and flushed to disk (fsync), so a crash or Ctrl-C loses at most the
+item in flight. A restart skips every (item, method) already in the file; a half-written
+last line is cut off first. `<out>/run.json` records what the answers depend on (benchmark,
+model, tokens, seed); a restart with different values is refused rather than mixed in.
+
+At the end `summary.md` (tables) and `report.html` (plotly charts) are written next to the
+results, both covering the items and methods of this invocation.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from tqdm import tqdm
+
+from ..compare import METHODS, CompareConfig, make_policies
+from ..decoding import POLICIES, GenerationConfig, Trace, generate_many
+from ..inputs import InputError
+from ..models import DEFAULT_MODEL, Request, VLMAdapter, load_adapter
+from ..probe import get_probe
+from .loaders import LOADERS, BenchItem, load_bench
+from .metrics import Judge, Rate, phrase_judge, rates
+from .report import write_reports
+
+RESULTS = "results.jsonl"
+RUN_INFO = "run.json"
+PROMPT_CHARS = 200  # prompts are stored truncated (the benchmark file has them in full)
+FINGERPRINT = ("bench", "model", "max_new_tokens", "seed")  # a resumed run must match these
+
+
+@dataclass
+class EvalConfig:
+    bench: str  # a LOADERS name
+    data: Path  # the benchmark's folder (or its main file)
+    methods: tuple[str, ...] = METHODS  # POLICIES names, run side by side per item
+    model: str = DEFAULT_MODEL  # registry name, as for `generate`
+    limit: int | None = None  # N items, spread round-robin over categories (None = all)
+    out: Path | None = None  # run folder; None = out/eval/<bench>-<model>
+    max_new_tokens: int = 64  # per answer; refusals show in the first few dozen tokens
+    seed: int = 0  # generation seed (and SafeCoDe's noise)
+    progress: bool = True  # tqdm bar on stderr
+
+    def __post_init__(self) -> None:
+        if self.bench not in LOADERS:
+            raise ValueError(f"Unknown benchmark {self.bench!r}; choose one of: {', '.join(LOADERS)}")
+        self.methods = tuple(self.methods)
+        unknown = [m for m in self.methods if m not in POLICIES]
+        if unknown or not self.methods:
+            raise ValueError(f"Unknown method(s) {unknown}; choose among: {', '.join(POLICIES)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"Methods repeat: {self.methods}")
+        self.data = Path(self.data)
+        if self.out is None:
+            self.out = Path("out") / "eval" / f"{self.bench}-{re.sub(r'[^A-Za-z0-9._-]+', '_', self.model)}"
+        self.out = Path(self.out)
+
+
+@dataclass
+class EvalResult:
+    out: Path  # the run folder
+    records: list[dict[str, Any]]  # this invocation's items × methods, from results.jsonl
+    rates: list[Rate]  # ASR / refusal rate per method, overall, per category, per composition
+    written: int = 0  # records decoded and appended in this invocation
+    reused: int = 0  # records found from an earlier invocation
+    files: dict[str, Path] = field(default_factory=dict)  # "results", "summary", "report"
+
+
+# ---- results file --------------------------------------------------------------------------
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """Every well-formed record in a results file; torn or foreign lines are skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a half-written line from an interrupted run
+            if isinstance(record, dict) and "item_id" in record and "method" in record:
+                records.append(record)
+    return records
+
+
+def repair_tail(path: Path) -> None:
+    """Cut a half-written last line (no trailing newline) so that appends start clean."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return
+        f.truncate(data.rfind(b"\n") + 1)  # 0 when the only line is torn
+
+
+def append_records(f, records: Iterable[Mapping[str, Any]]) -> None:
+    """Append JSON lines and force them to disk before the next item starts."""
+    for record in records:
+        f.write(json.dumps(record, ensure_ascii=False, default=_plain) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def check_run_info(out: Path, config: EvalConfig) -> None:
+    """Write run.json on the first run; on a restart refuse settings that would change answers."""
+    info = {k: getattr(config, k) for k in FINGERPRINT}
+    path = out / RUN_INFO
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = None
+        if isinstance(old, dict):
+            changed = {k: (old.get(k), v) for k, v in info.items() if old.get(k) != v}
+            if changed:
+                detail = ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
+                raise ValueError(f"{out} holds results of another run ({detail}). Choose another --out, or delete {out} to start over.")
+            return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**info, "data": str(config.data)}, indent=1) + "\n")
+
+
+# ---- one item -----------------------------------------------------------------------------
+def make_record(bench: str, item: BenchItem, method: str, trace: Trace | None, judge: Judge, error: str | None = None) -> dict[str, Any]:
+    """One JSON line: the item, the method's answer, the verdict and the method's own signals."""
+    meta = trace.meta if trace is not None else {}
+    error = error or meta.get("error")
+    answer = trace.text if trace is not None else ""
+    judge_info = meta.get("judge") or {}
+    msav = meta.get("msav") or {}
+    return {
+        "bench": bench,
+        "item_id": item.id,
+        "method": method,
+        "category": item.category,
+        "composition": item.composition,
+        "label": item.label,
+        "prompt": item.prompt[:PROMPT_CHARS],
+        "answer": answer,
+        "refused": None if error else bool(judge(item.prompt, answer)),
+        "refusal_judge": getattr(judge, "__name__", type(judge).__name__),
+        "tokens": len(trace) if trace is not None else 0,
+        "decode_seconds": meta.get("decode_seconds"),
+        "prefill_seconds": meta.get("prefill_seconds"),
+        "judge_verdict": meta.get("verdict"),  # SafeCoDe's scene judge: "safe" / "unsafe"
+        "judge_p_unsafe": judge_info.get("p_unsafe"),
+        "msav_fired": msav.get("fired"),  # SafeSteer: did MSAV move h₀?
+        "h0_score": msav.get("h0_score"),  # SafeSteer: P(harmful | h₀)
+        "model_id": meta.get("model_id"),
+        "error": error,
+    }
+
+
+def run_item(adapter: VLMAdapter, item: BenchItem, methods: tuple[str, ...], compare: CompareConfig, probe, judge: Judge, bench: str) -> list[dict[str, Any]]:
+    """Decode one item with `methods` side by side; one record per method (errors recorded, not raised)."""
+    try:
+        request = Request(item.load_image(), item.prompt)
+    except InputError as exc:  # a broken benchmark image: recorded, so a restart does not retry forever
+        return [make_record(bench, item, m, None, judge, error=f"InputError: {exc}") for m in methods]
+    policies = make_policies(replace(compare, methods=methods), probe)
+    traces = {name: ev.trace for name, ev in generate_many(adapter, request, policies, compare.generation, isolate_errors=True) if ev.done}
+    return [make_record(bench, item, m, traces[m], judge) for m in methods]
+
+
+# ---- the run --------------------------------------------------------------------------------
+def run_eval(config: EvalConfig, judge: Judge = phrase_judge, adapter: VLMAdapter | None = None) -> EvalResult:
+    """Run (or resume) `config` and write results.jsonl, summary.md and report.html under `config.out`."""
+    items = load_bench(config.bench, config.data, config.limit)
+    out = config.out
+    check_run_info(out, config)
+    results = out / RESULTS
+    repair_tail(results)
+    done = {(r["item_id"], r["method"]) for r in read_results(results)}
+    todo = [(it, tuple(m for m in config.methods if (it.id, m) not in done)) for it in items]
+    todo = [(it, ms) for it, ms in todo if ms]
+
+    written = 0
+    if todo:
+        adapter = adapter or load_adapter(config.model)
+        probe = get_probe(adapter, progress=config.progress) if any("safesteer" in ms for _, ms in todo) else None
+        gen = GenerationConfig(max_new_tokens=config.max_new_tokens, seed=config.seed, keep_hidden=False)
+        compare = CompareConfig(generation=gen, methods=config.methods)
+        tally = {m: [0, 0] for m in config.methods}  # refused, judged
+        bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{config.bench}", unit="item", file=sys.stderr, disable=not config.progress, dynamic_ncols=True)
+        with bar, results.open("a", encoding="utf-8") as f:
+            for item, methods in todo:
+                records = run_item(adapter, item, methods, compare, probe, judge, config.bench)
+                append_records(f, records)
+                written += len(records)
+                for r in records:
+                    if r["refused"] is not None:
+                        tally[r["method"]][0] += int(r["refused"])
+                        tally[r["method"]][1] += 1
+                bar.set_postfix_str(" · ".join(f"{m} {a}/{b} refused" for m, (a, b) in tally.items() if b), refresh=False)
+                bar.update(1)
+
+    by_key: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in read_results(results):
+        by_key.setdefault((r["item_id"], r["method"]), r)  # the first record of a key wins
+    records = [by_key[(it.id, m)] for it in items for m in config.methods if (it.id, m) in by_key]
+    table = rates(records)
+    files = {"results": results, **write_reports(out, records, table, asdict_config(config))}
+    return EvalResult(out=out, records=records, rates=table, written=written, reused=len(records) - written, files=files)
+
+
+def asdict_config(config: EvalConfig) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "progress"}
+
+
+def main(config: EvalConfig, judge: Judge = phrase_judge) -> int:
+    """CLI entry: run, then print the summary tables and where the files are."""
+    result = run_eval(config, judge)
+    print(result.files["summary"].read_text())
+    print(f"{result.written} new records, {result.reused} reused; files in {result.out}/", file=sys.stderr)
+    return 0
+
+
+__all__ = ["EvalConfig", "EvalResult", "main", "make_record", "read_results", "repair_tail", "run_eval"]
