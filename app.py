@@ -18,6 +18,7 @@ from safety_demo.explain import walkthrough
 from safety_demo.inputs import InputError, clean_prompt, load_image
 from safety_demo.models import BUILTIN_MODELS, DEFAULT_MODEL, Request, model_choices
 from safety_demo.ui import notes
+from safety_demo.ui.components import ImageUpload
 from safety_demo.ui.examples import EXAMPLES, ensure_examples
 from safety_demo.ui.knobs import ALL_KNOBS, KNOBS, Knob, read_configs
 from safety_demo.ui.session import UserFacingError, calibration_points, export, model, probe_for
@@ -170,7 +171,7 @@ with gr.Blocks(title="safety_demo: safety-steering decoding, token by token") as
     gr.Markdown(notes.INTRO)
     with gr.Row():
         with gr.Column(scale=2):
-            image_in = gr.Image(type="filepath", label="Image", height=300, elem_id="image-in", sources=["upload", "clipboard"])
+            image_in = ImageUpload(label="Image", height=300, elem_id="image-in", sources=["upload", "clipboard"])
         with gr.Column(scale=3):
             prompt_in = gr.Textbox(label="Prompt", lines=3, placeholder="Ask something about the image…", elem_id="prompt-in")
             model_in = gr.Dropdown(

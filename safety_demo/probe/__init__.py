@@ -28,10 +28,11 @@ def _compositions() -> tuple[str, ...]:
 
 
 def calibration_key() -> str:
-    """Calibration-set hash + the compositions this machine can render (natural photos are optional)."""
-    from ..data.calibration import calibration_hash
+    """Calibration-set hash + what this machine renders: compositions and the natural photos found."""
+    from ..data.calibration import calibration_hash, natural_photo_sources
 
-    return hashlib.sha256(f"{calibration_hash()}:{','.join(_compositions())}".encode()).hexdigest()
+    rendered = f"{','.join(_compositions())}:{','.join(natural_photo_sources())}"
+    return hashlib.sha256(f"{calibration_hash()}:{rendered}".encode()).hexdigest()
 
 
 def probe_path(model_id: str, key: str | None = None) -> Path:

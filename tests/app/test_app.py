@@ -1,0 +1,98 @@
+"""The app through gradio_client: a full generate, three columns, a parsable export, clear errors."""
+import json
+from pathlib import Path
+
+import pytest
+from gradio_client import handle_file
+from gradio_client.exceptions import AppError
+
+from safety_demo.ui.examples import EXAMPLES_DIR
+
+FIGSTEP = str(EXAMPLES_DIR / "figstep_drugs.png")
+OUTPUTS = ["status", "vanilla", "safecode", "safesteer", "stats_v", "stats_c", "stats_s", "info_v", "info_c", "info_s",
+           "story", "delta", "map", "step", "rows", "slider", "json", "html"]  # gr.State is not part of the API
+
+
+def _generate(client, knobs, image=FIGSTEP, prompt="What does the list say?", model="fake"):
+    result = client.predict(handle_file(image) if image else None, prompt, model, *knobs, api_name="/generate")
+    return dict(zip(OUTPUTS, result))
+
+
+@pytest.fixture(scope="module")
+def fake_probe(app_url):
+    """A tiny probe for the fake model, so the fast app tests need no calibration pass."""
+    import numpy as np
+
+    from safety_demo.models import load_adapter
+    from safety_demo.probe import DecodingProbe, probe_path
+
+    fake = load_adapter("fake")
+    D = fake.hidden_size
+    probe = DecodingProbe(fake.model_id, "test", np.zeros(D, np.float32), np.eye(4, D, dtype=np.float32),
+                          np.array([1, 0, 0, 0], np.float32), 0.0, np.eye(1, D, 1, dtype=np.float32)[0], np.zeros(D, np.float32))
+    from safety_demo.ui import session
+
+    session._PROBES[fake.model_id] = probe
+    return probe
+
+
+def test_full_generate_fills_three_columns_and_exports(client, knob_defaults, fake_probe):
+    knobs = list(knob_defaults)
+    knobs[0] = 12  # max new tokens
+    out = _generate(client, knobs)
+    for m in ("vanilla", "safecode", "safesteer"):
+        assert out[m], f"{m} column is empty"
+        assert all("token" in t for t in out[m])
+    assert "Verdict" in out["info_c"] and "MSAV" in out["info_s"]
+    data = json.loads(Path(out["json"]).read_text())
+    assert set(data) == {"vanilla", "safecode", "safesteer"}
+    assert data["safecode"]["meta"]["judge"]["verdict"] in ("safe", "unsafe")
+    assert len(data["vanilla"]["steps"]) >= 1
+    assert "<html" in Path(out["html"]).read_text()[:2000].lower()
+    assert "What happened" in out["story"]
+
+
+@pytest.mark.parametrize(
+    "image,prompt,message",
+    [
+        (FIGSTEP, "   ", "empty"),
+        (FIGSTEP, "x" * 100_000, "limit"),
+        (None, "hello", "No image"),
+    ],
+)
+def test_bad_input_gets_a_short_message_and_the_app_keeps_serving(client, knob_defaults, fake_probe, image, prompt, message):
+    with pytest.raises(AppError, match=message):
+        _generate(client, knob_defaults, image=image, prompt=prompt)
+    knobs = list(knob_defaults)
+    knobs[0] = 3
+    assert _generate(client, knobs)["vanilla"]  # still serving
+
+
+def test_non_image_upload_is_refused(client, knob_defaults, fake_probe, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    with pytest.raises(AppError, match="not an image|could not be decoded|Invalid|image"):
+        _generate(client, knob_defaults, image=str(bad))
+
+
+def test_out_of_range_knob_is_refused(client, knob_defaults, fake_probe):
+    from safety_demo.ui.knobs import ALL_KNOBS
+
+    knobs = list(knob_defaults)
+    knobs[[k.field for k in ALL_KNOBS].index("top_p")] = 0.0
+    with pytest.raises(AppError):
+        _generate(client, knobs)
+
+
+def test_unknown_model_gets_a_clear_message(client, knob_defaults):
+    with pytest.raises(AppError):
+        _generate(client, knob_defaults, model="someone/not-allowed")
+
+
+def test_decompression_bomb_upload_is_refused(client, knob_defaults, fake_probe, tmp_path):
+    from PIL import Image
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (20000, 20000)).save(bomb)
+    with pytest.raises(AppError, match="too large|limit"):
+        _generate(client, knob_defaults, image=str(bomb))
