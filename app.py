@@ -18,7 +18,6 @@ from safety_demo.explain import walkthrough
 from safety_demo.inputs import InputError, clean_prompt, load_image
 from safety_demo.models import BUILTIN_MODELS, DEFAULT_MODEL, Request, model_choices
 from safety_demo.ui import notes
-from safety_demo.ui.components import ImageUpload
 from safety_demo.ui.examples import EXAMPLES, ensure_examples
 from safety_demo.ui.knobs import ALL_KNOBS, KNOBS, Knob, read_configs
 from safety_demo.ui.session import UserFacingError, calibration_points, export, model, probe_for
@@ -76,11 +75,20 @@ def _method_info(method: str, trace: Trace | None) -> str:
     return "The model's own answer, greedy or sampled."
 
 
+def _upload_path(payload) -> str | None:
+    """The upload's file in Gradio's temp area. The listener skips Gradio's own preprocessing
+    (preprocess=False), which would fail on a non-image with a generic message: load_image
+    explains instead."""
+    if payload is None or isinstance(payload, str):
+        return payload
+    return payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", None)
+
+
 def run(image, prompt, model_name, *knob_values):
     """Generate: stream three columns, then fill every view."""
     try:
         prompt = clean_prompt(prompt)
-        image = load_image(image)
+        image = load_image(_upload_path(image))
         generation, safecode, safesteer = read_configs(list(knob_values))
         adapter = model(model_name)
         yield {status: "Preparing: SafeCoDe's judge is captioning the image; SafeSteer's probe is loading…"}
@@ -171,7 +179,7 @@ with gr.Blocks(title="safety_demo: safety-steering decoding, token by token") as
     gr.Markdown(notes.INTRO)
     with gr.Row():
         with gr.Column(scale=2):
-            image_in = ImageUpload(label="Image", height=300, elem_id="image-in", sources=["upload", "clipboard"])
+            image_in = gr.Image(type="filepath", image_mode=None, label="Image", height=300, elem_id="image-in", sources=["upload", "clipboard"])
         with gr.Column(scale=3):
             prompt_in = gr.Textbox(label="Prompt", lines=3, placeholder="Ask something about the image…", elem_id="prompt-in")
             model_in = gr.Dropdown(
@@ -235,6 +243,7 @@ with gr.Blocks(title="safety_demo: safety-steering decoding, token by token") as
         outputs=[status, *answers.values(), *stats.values(), *infos.values(), story, delta_plot, map_plot,
                  step_plot, step_rows, step_slider, run_state, export_json, export_html],
         api_name="generate",
+        preprocess=False,  # raw upload path: load_image checks it with clear messages
     )
     step_method.change(inspect, inputs=[run_state, step_method, step_slider], outputs=[step_plot, step_rows])
     step_slider.release(inspect, inputs=[run_state, step_method, step_slider], outputs=[step_plot, step_rows])

@@ -14,7 +14,7 @@ BUILTIN_MODELS = {
     "builtin": "Built-in pipeline VLM: Qwen2.5-Coder-0.5B-Instruct + EfficientNet-Lite0 + OCR (CPU, offline)",
     "builtin-fast": "Built-in pipeline VLM, fast variant: SmolLM2-135M-Instruct (no safety alignment; for tests)",
 }
-DEFAULT_MODEL = "builtin"
+DEFAULT_MODEL = os.environ.get("SAFETY_DEMO_DEFAULT_MODEL", "builtin")  # a Space with a GPU may pick a preset
 
 _LOADED: dict[str, VLMAdapter] = {}
 _LOCK = threading.Lock()
@@ -25,7 +25,9 @@ def model_choices() -> dict[str, str]:
     from .hf import PRESETS
 
     choices = dict(BUILTIN_MODELS)
-    choices.update({name: p.description for name, p in PRESETS.items()})
+    for name, p in PRESETS.items():
+        needs = f"GPU ≥ {p.min_vram_gb:g} GB, weights from the Hub ({p.repo_id})" if p.supported else "not supported by this transformers"
+        choices[name] = f"{p.description} — needs {needs}"
     if os.environ.get("SAFETY_DEMO_FAKE_MODEL") == "1":  # tests only: the milliseconds stand-in
         choices["fake"] = "Fake tiny model for tests"
     return choices

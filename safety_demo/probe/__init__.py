@@ -17,6 +17,9 @@ from .probe import DecodingProbe, ProbeError, evaluate, fit_probe
 log = logging.getLogger(__name__)
 
 
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "assets" / "probes"  # probes fitted by the project
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("SAFETY_DEMO_CACHE", Path.home() / ".cache" / "safety_demo")) / "probes"
 
@@ -87,6 +90,12 @@ def get_probe(adapter: VLMAdapter, fit_if_missing: bool = True, progress: bool =
     """
     key = calibration_key()
     path = probe_path(adapter.model_id, key)
+    shipped = SHIPPED_DIR / path.name
+    if not path.exists() and shipped.is_file():  # fitted by the project for this model and set
+        try:
+            return DecodingProbe.load(shipped, model_id=adapter.model_id, calibration_hash=key)
+        except ProbeError as exc:
+            log.warning("shipped probe unusable (%s); fitting one", exc)
     try:
         return DecodingProbe.load(path, model_id=adapter.model_id, calibration_hash=key)
     except ProbeError as exc:
@@ -97,4 +106,34 @@ def get_probe(adapter: VLMAdapter, fit_if_missing: bool = True, progress: bool =
     return fit_for(adapter, progress=progress)
 
 
-__all__ = ["DecodingProbe", "ProbeError", "calibration_key", "evaluate", "extract_h0", "fit_for", "fit_probe", "get_probe", "probe_path"]
+def map_points(adapter: VLMAdapter) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Calibration h₀, labels and compositions for the hidden-state map: the feature cache,
+    else the subsample shipped with a shipped probe, else None."""
+    cached = probe_path(adapter.model_id).with_suffix(".features.npz")
+    for path in (cached, SHIPPED_DIR / cached.name):
+        if path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    return z["h"].astype(np.float32), z["labels"], z["compositions"]
+            except Exception:
+                log.warning("map features %s unreadable", path)
+    return None
+
+
+def ship(adapter: VLMAdapter, max_points: int = 600) -> list[Path]:
+    """Copy this adapter's fitted probe and a stratified feature subsample into assets/probes/."""
+    key = calibration_key()
+    src = probe_path(adapter.model_id, key)
+    probe = DecodingProbe.load(src, model_id=adapter.model_id, calibration_hash=key)
+    SHIPPED_DIR.mkdir(parents=True, exist_ok=True)
+    out = [probe.save(SHIPPED_DIR / src.name)]
+    feats = calibration_features(adapter, key, progress=False)
+    from ..viz.hidden_map import subsample
+
+    keep = subsample(list(feats["labels"]), list(feats["compositions"]), max_points)
+    path = SHIPPED_DIR / src.with_suffix(".features.npz").name
+    np.savez_compressed(path, h=feats["h"][keep].astype(np.float16), labels=feats["labels"][keep], compositions=feats["compositions"][keep])
+    return out + [path]
+
+
+__all__ = ["DecodingProbe", "ProbeError", "calibration_key", "evaluate", "extract_h0", "fit_for", "fit_probe", "get_probe", "map_points", "probe_path", "ship"]

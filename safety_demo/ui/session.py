@@ -17,7 +17,7 @@ import numpy as np
 from ..decoding import Trace
 from ..inputs import InputError
 from ..models import ModelLoadError, VLMAdapter, load_adapter
-from ..probe import DecodingProbe, ProbeError, calibration_key, get_probe, probe_path
+from ..probe import DecodingProbe, ProbeError, get_probe, map_points, probe_path
 
 log = logging.getLogger(__name__)
 _PROBES: dict[str, DecodingProbe] = {}
@@ -55,12 +55,8 @@ def probe_ready(adapter: VLMAdapter) -> bool:
 
 
 def calibration_points(adapter: VLMAdapter) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Calibration h₀, labels and compositions for the map (from the probe's feature cache)."""
-    path = probe_path(adapter.model_id, calibration_key()).with_suffix(".features.npz")
-    if not path.is_file():
-        return None
-    with np.load(path, allow_pickle=False) as z:
-        return z["h"], z["labels"], z["compositions"]
+    """Calibration h₀, labels and compositions for the map (feature cache or shipped subsample)."""
+    return map_points(adapter)
 
 
 def export(traces: dict[str, Trace], figures: dict) -> tuple[str, str]:

@@ -7,8 +7,7 @@ os.environ["SAFETY_DEMO_FAKE_MODEL"] = "1"  # the fake model appears in the pick
 
 
 @pytest.fixture(scope="session")
-def app_url(tmp_path_factory):
-    os.environ.setdefault("SAFETY_DEMO_CACHE", str(tmp_path_factory.mktemp("cache")))
+def app_url():
     import app
 
     _, url, _ = app.demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)

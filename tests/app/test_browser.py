@@ -1,0 +1,55 @@
+"""End to end in Debian's chromium: upload, type, Generate, three answers and the plots, a screenshot.
+
+Runs on the built-in model (its probe ships in assets/ or is fitted on first use). The
+screenshot lands in out/screenshots/ (docs/screenshot.png is refreshed by `make screenshot`).
+"""
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+OUT = Path(__file__).resolve().parents[2] / "out" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield b
+        b.close()
+
+
+def test_generate_in_the_browser(browser, app_url):
+    from safety_demo.ui.examples import EXAMPLES_DIR, FIGSTEP_PROMPT
+
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(app_url, wait_until="domcontentloaded")
+    page.wait_for_selector("#generate", timeout=60_000)
+    page.locator("#image-in input[type=file]").first.set_input_files(str(EXAMPLES_DIR / "figstep_drugs.png"))
+    page.locator("#prompt-in textarea").fill(FIGSTEP_PROMPT)
+    page.locator("#generate").click()
+    timeout = int(os.environ.get("SAFETY_DEMO_BROWSER_TIMEOUT_MS", 600_000))
+    page.wait_for_function(
+        "() => document.querySelector('#status') && document.querySelector('#status').innerText.includes('Done')",
+        timeout=timeout,
+    )
+    for method in ("vanilla", "safecode", "safesteer"):
+        assert page.locator(f"#answer-{method}").inner_text().strip(), f"{method} answer is empty"
+    assert page.locator("#delta-plot .js-plotly-plot").count() >= 1
+    OUT.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(OUT / "app-answers.png"), full_page=False)
+    page.locator("#walkthrough").scroll_into_view_if_needed()
+    page.screenshot(path=str(OUT / "app-full.png"), full_page=True)
+    page.get_by_role("tab", name="Hidden-state map").click()
+    page.wait_for_selector("#map-plot .js-plotly-plot", timeout=60_000)
+    page.locator("#map-plot").screenshot(path=str(OUT / "app-map.png"))
+    page.close()
