@@ -9,8 +9,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
-import numpy as np
-
 from .decoding import (
     GenerationConfig,
     SafeCoDeConfig,
@@ -24,6 +22,7 @@ from .decoding import (
 )
 from .models.base import Request, VLMAdapter
 from .probe import DecodingProbe
+from .viz.tokens import highlighted_tokens
 
 METHODS = ("vanilla", "safecode", "safesteer")
 TITLES = {"vanilla": "Vanilla", "safecode": "SafeCoDe", "safesteer": "SafeSteer"}
@@ -79,7 +78,7 @@ def compare(
             col.seconds = event.trace.meta["total_seconds"]
             if probe is not None:
                 add_probe_scores(event.trace, probe)
-            col.tokens = token_scores(event.trace, probe)
+            col.tokens = highlighted_tokens(event.trace)
             continue
         col.text, col.n_tokens = event.text, event.step + 1
         col.seconds = time.perf_counter() - t0
@@ -89,11 +88,3 @@ def compare(
         col.tokens.append((event.piece, score))
         yield columns
     yield columns
-
-
-def token_scores(trace: Trace, probe: DecodingProbe | None) -> list[tuple[str, float | None]]:
-    """(token, 2·P(harmful) − 1) pairs: −1 = harmless, +1 = harmful, None = no probe."""
-    scores = trace.scores.get("probe.score")
-    if scores is None:
-        return [(tok, None) for tok in trace.tokens]
-    return [(tok, None if np.isnan(p) else float(2 * p - 1)) for tok, p in zip(trace.tokens, scores)]

@@ -131,8 +131,3 @@ def add_gaussian_noise(image: Image.Image, sigma: float, seed: int) -> Image.Ima
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     noised = np.clip(pixels + rng.normal(0.0, sigma, size=pixels.shape).astype(np.float32), 0.0, 1.0)
     return Image.fromarray(np.round(noised * 255.0).astype(np.uint8))
-
-
-def blank_image(size: int = 448) -> Image.Image:
-    """A white image: the 'no visual content' input of text-only requests."""
-    return Image.new("RGB", (size, size), (255, 255, 255))
