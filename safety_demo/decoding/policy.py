@@ -11,7 +11,15 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..inputs import InputError
 from ..models.base import Request, VLMAdapter
+
+
+def check_knobs(owner: str, checks: list[tuple[bool, str]]) -> None:
+    """Raise InputError naming the first knob out of range: configs validate in __post_init__."""
+    for ok, message in checks:
+        if not ok:
+            raise InputError(f"{owner}: {message}.")
 
 
 @dataclass

@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from ..inputs import InputError, add_gaussian_noise
+from ..inputs import add_gaussian_noise
 from ..models.base import Request, VLMAdapter
 from .judge import VERDICTS, run_judge
-from .policy import Decision, Policy, StepInput
+from .policy import Decision, Policy, StepInput, check_knobs
 
 # The official list, as written there (duplicates removed; "</s>" kept: it is the official
 # Llama-style end token and simply tokenises to text on other models).
@@ -77,9 +77,7 @@ class SafeCoDeConfig:
             (0 <= self.length_cap <= 4096, "length_cap must be in [0, 4096] (0 = off)"),
             (1 <= self.caption_max_tokens <= 100, "caption_max_tokens must be in [1, 100]"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(f"SafeCoDe: {message}.")
+        check_knobs("SafeCoDe", checks)
 
 
 def refusal_token_ids(adapter: VLMAdapter, vocabulary: str) -> list[int]:

@@ -17,7 +17,7 @@ import torch
 from ..inputs import InputError
 from ..models.base import Request, VLMAdapter
 from ..probe import DecodingProbe, get_probe
-from .policy import Decision, Policy, StepInput
+from .policy import Decision, Policy, StepInput, check_knobs
 
 MSAV_MODES = ("scaled", "literal")
 
@@ -42,9 +42,7 @@ class SafeSteerConfig:
             (0.0 <= self.msav_scale <= 10.0, "msav_scale must be in [0, 10]"),
             (0.0 <= self.temperature <= 10.0, "temperature must be in [0, 10]"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(f"SafeSteer: {message}.")
+        check_knobs("SafeSteer", checks)
 
 
 def msav_shift(probe: DecodingProbe, h0: np.ndarray, mode: str, scale: float) -> np.ndarray:

@@ -19,15 +19,6 @@ from safety_demo.models.hf import ALLOW_ENV, PRESETS, HFAdapter, load_hf, resolv
 from safety_demo.models.tiny import TINY_FAMILIES, load_tiny
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: extra threads only contend (30x slower on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def offline(monkeypatch):
     """HF_HUB_OFFLINE=1, also for a huggingface_hub that read the variable at import."""

@@ -4,7 +4,6 @@ Tiny random models say nothing about quality; these tests prove the decoding eng
 SafeCoDe real+noised batch and SafeSteer's candidate rows run on each family's real classes.
 """
 import pytest
-import torch
 
 from safety_demo.decoding import GenerationConfig, SafeCoDePolicy, SafeSteerPolicy, VanillaPolicy, generate_many, run_to_end
 from safety_demo.models.base import Request
@@ -12,14 +11,6 @@ from safety_demo.models.tiny import TINY_FAMILIES, load_tiny
 
 from ..decoding.test_safesteer import axis_probe
 from .test_tiny_matrix import REQ
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("family", list(TINY_FAMILIES))

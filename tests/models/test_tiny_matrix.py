@@ -21,15 +21,6 @@ ATOL = 1e-4  # float32 cached-vs-recomputed agreement; logits here have std ~0.1
 N_STEPS = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: extra threads only contend (30x slower on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module", params=list(TINY_FAMILIES))
 def tiny(request) -> HFAdapter:
     return load_tiny(request.param)
