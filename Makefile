@@ -42,6 +42,7 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 
 model: $(VENV)/.runtime
 	$(PY) -m safety_demo setup --variant default
+	$(PY) -m safety_demo fit-probe --model builtin
 
 model-fast: $(VENV)/.runtime
 	$(PY) -m safety_demo setup --variant fast

@@ -92,7 +92,7 @@ def run(image, prompt, model_name, *knob_values):
         generation, safecode, safesteer = read_configs(list(knob_values))
         adapter = model(model_name)
         yield {status: "Preparing: SafeCoDe's judge is captioning the image; SafeSteer's probe is loading…"}
-        probe = probe_for(adapter)
+        probe = probe_for(adapter, safesteer.probe_components)
     except Exception as exc:
         raise _fail(exc)
     config = CompareConfig(generation=generation, safecode=safecode, safesteer=safesteer)

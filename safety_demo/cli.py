@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser("fit-probe", help="fit SafeSteer's Decoding-Probe on the calibration set")
     fit.add_argument("--model", default=DEFAULT_MODEL)
     fit.add_argument("--refit", action="store_true", help="refit even if a probe file exists (reuses cached h₀)")
+    fit.add_argument("--components", type=int, default=4, help="PCA components (paper: 4)")
+    fit.add_argument("--ship", action="store_true", help="also copy the probe and a map subsample into assets/probes/")
     return parser
 
 
@@ -128,12 +130,12 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_probe(args: argparse.Namespace) -> int:
-    from .probe import fit_for, get_probe
+    from .probe import fit_for, get_probe, ship
 
     adapter = load_adapter(args.model)
-    probe = fit_for(adapter) if args.refit else get_probe(adapter)
+    probe = fit_for(adapter, components=args.components) if args.refit else get_probe(adapter, components=args.components)
     m = probe.metrics
-    print(f"probe for {adapter.model_id}: {m.get('n_train')} training items, "
+    print(f"probe ({probe.n_components} PCs) for {adapter.model_id}: {m.get('n_train')} training items, "
           f"h₀ extraction {m.get('extract_seconds', float('nan')):.1f}s, fit {m.get('fit_seconds', float('nan')):.2f}s")
     print(f"{'held-out':10s} {'n':>5s} {'accuracy':>9s} {'AUROC':>7s}")
     for name in ("overall", "CB", "TYPO", "FIGSTEP", "NATURAL"):
@@ -141,6 +143,9 @@ def cmd_fit_probe(args: argparse.Namespace) -> int:
             row = m[name]
             auroc = "—" if row["auroc"] is None else f"{row['auroc']:.3f}"
             print(f"{name:10s} {row['n']:5d} {row['accuracy']:9.3f} {auroc:>7s}")
+    if args.ship:
+        for path in ship(adapter, components=(args.components,)):
+            print(f"shipped {path}")
     return 0
 
 

@@ -32,6 +32,7 @@ class SafeSteerConfig:
     use_probe: bool = True  # ablation "without probe": no reranking
     use_msav: bool = True  # ablation "without MSAV"
     temperature: float = 0.0  # softmax temperature over −s when choosing; 0 = argmax (greedy)
+    probe_components: int = 4  # principal components of the probe (paper: 4); any k reuses the cached h₀
 
     def __post_init__(self) -> None:
         checks = [
@@ -41,6 +42,7 @@ class SafeSteerConfig:
             (self.msav_mode in MSAV_MODES, f"msav_mode must be one of {MSAV_MODES}"),
             (0.0 <= self.msav_scale <= 10.0, "msav_scale must be in [0, 10]"),
             (0.0 <= self.temperature <= 10.0, "temperature must be in [0, 10]"),
+            (1 <= self.probe_components <= 256, "probe_components must be in [1, 256]"),
         ]
         check_knobs("SafeSteer", checks)
 
@@ -66,7 +68,7 @@ class SafeSteerPolicy(Policy):
         return asdict(self.config)
 
     def prepare(self, adapter: VLMAdapter, request: Request, seed: int) -> dict[str, Any]:
-        probe = self.probe if self.probe is not None else get_probe(adapter)
+        probe = self.probe if self.probe is not None else get_probe(adapter, components=self.config.probe_components)
         if probe.model_id != adapter.model_id:
             raise InputError(f"SafeSteer: the probe was fitted on {probe.model_id!r}, not on {adapter.model_id!r}.")
         return {"_probe": probe, "_generator": torch.Generator().manual_seed(seed), "probe_metrics": probe.metrics}

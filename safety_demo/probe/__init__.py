@@ -7,12 +7,13 @@ import os
 import re
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from ..models.base import Request, VLMAdapter
 from .extract import extract_h0
-from .probe import DecodingProbe, ProbeError, evaluate, fit_probe
+from .probe import N_COMPONENTS, DecodingProbe, ProbeError, evaluate, fit_probe
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +39,23 @@ def calibration_key() -> str:
     return hashlib.sha256(f"{calibration_hash()}:{rendered}".encode()).hexdigest()
 
 
-def probe_path(model_id: str, key: str | None = None) -> Path:
+def probe_path(model_id: str, key: str | None = None, components: int = N_COMPONENTS) -> Path:
+    """Cache file of a probe; its `.features.npz` sibling (calibration h₀) is shared by every k."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id)[:80]
     digest = hashlib.sha256(model_id.encode()).hexdigest()[:8]
-    return cache_dir() / f"{slug}-{digest}-{(key or calibration_key())[:12]}.npz"
+    stem = f"{slug}-{digest}-{(key or calibration_key())[:12]}"
+    return cache_dir() / (f"{stem}.npz" if components == N_COMPONENTS else f"{stem}-pc{components}.npz")
+
+
+def features_path(model_id: str, key: str | None = None) -> Path:
+    return probe_path(model_id, key).with_suffix(".features.npz")
 
 
 def calibration_features(adapter: VLMAdapter, key: str, progress: bool = True, batch_size: int = 8) -> dict[str, np.ndarray]:
     """h₀ of every calibration item (cached next to the probe: refits need no model calls)."""
     from ..data.calibration import calibration_items, image_for
 
-    path = probe_path(adapter.model_id, key).with_suffix(".features.npz")
+    path = features_path(adapter.model_id, key)
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -72,24 +79,24 @@ def calibration_features(adapter: VLMAdapter, key: str, progress: bool = True, b
     return feats
 
 
-def fit_for(adapter: VLMAdapter, progress: bool = True) -> DecodingProbe:
+def fit_for(adapter: VLMAdapter, progress: bool = True, components: int = N_COMPONENTS) -> DecodingProbe:
     """Extract (or reuse) calibration h₀, fit, save; returns the probe with its metrics."""
     key = calibration_key()
     feats = calibration_features(adapter, key, progress=progress)
-    probe = fit_probe(feats["h"], feats["labels"], feats["compositions"], feats["splits"], adapter.model_id, key)
+    probe = fit_probe(feats["h"], feats["labels"], feats["compositions"], feats["splits"], adapter.model_id, key, n_components=components)
     probe.metrics["extract_seconds"] = float(feats["extract_seconds"])
-    probe.save(probe_path(adapter.model_id, key))
+    probe.save(probe_path(adapter.model_id, key, components))
     return probe
 
 
-def get_probe(adapter: VLMAdapter, fit_if_missing: bool = True, progress: bool = True) -> DecodingProbe:
+def get_probe(adapter: VLMAdapter, fit_if_missing: bool = True, progress: bool = True, components: int = N_COMPONENTS) -> DecodingProbe:
     """The probe for `adapter`: loaded if a valid file exists, else fitted (first use) and saved.
 
     A corrupt file is refitted; a file for another model cannot be picked up by construction
     (the path embeds the model id) and is refused by `DecodingProbe.load` if moved there.
     """
     key = calibration_key()
-    path = probe_path(adapter.model_id, key)
+    path = probe_path(adapter.model_id, key, components)
     shipped = SHIPPED_DIR / path.name
     if not path.exists() and shipped.is_file():  # fitted by the project for this model and set
         try:
@@ -100,16 +107,16 @@ def get_probe(adapter: VLMAdapter, fit_if_missing: bool = True, progress: bool =
         return DecodingProbe.load(path, model_id=adapter.model_id, calibration_hash=key)
     except ProbeError as exc:
         if not fit_if_missing:
-            raise ProbeError(f"{exc} Fit one with: python -m safety_demo fit-probe --model {adapter.name}") from None
+            raise ProbeError(f"{exc} Fit one with: python -m safety_demo fit-probe --model {adapter.name} --components {components}") from None
         if path.exists():
             log.warning("%s Refitting.", exc)
-    return fit_for(adapter, progress=progress)
+    return fit_for(adapter, progress=progress, components=components)
 
 
 def map_points(adapter: VLMAdapter) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Calibration h₀, labels and compositions for the hidden-state map: the feature cache,
     else the subsample shipped with a shipped probe, else None."""
-    cached = probe_path(adapter.model_id).with_suffix(".features.npz")
+    cached = features_path(adapter.model_id)
     for path in (cached, SHIPPED_DIR / cached.name):
         if path.is_file():
             try:
@@ -120,20 +127,21 @@ def map_points(adapter: VLMAdapter) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return None
 
 
-def ship(adapter: VLMAdapter, max_points: int = 600) -> list[Path]:
-    """Copy this adapter's fitted probe and a stratified feature subsample into assets/probes/."""
+def ship(adapter: VLMAdapter, components: Sequence[int] = (N_COMPONENTS,), max_points: int = 600) -> list[Path]:
+    """Copy this adapter's fitted probes and a stratified feature subsample into assets/probes/."""
     key = calibration_key()
-    src = probe_path(adapter.model_id, key)
-    probe = DecodingProbe.load(src, model_id=adapter.model_id, calibration_hash=key)
     SHIPPED_DIR.mkdir(parents=True, exist_ok=True)
-    out = [probe.save(SHIPPED_DIR / src.name)]
+    out = []
+    for k in components:
+        src = probe_path(adapter.model_id, key, k)
+        out.append(DecodingProbe.load(src, model_id=adapter.model_id, calibration_hash=key).save(SHIPPED_DIR / src.name))
     feats = calibration_features(adapter, key, progress=False)
     from ..viz.hidden_map import subsample
 
     keep = subsample(list(feats["labels"]), list(feats["compositions"]), max_points)
-    path = SHIPPED_DIR / src.with_suffix(".features.npz").name
+    path = SHIPPED_DIR / features_path(adapter.model_id, key).name
     np.savez_compressed(path, h=feats["h"][keep].astype(np.float16), labels=feats["labels"][keep], compositions=feats["compositions"][keep])
     return out + [path]
 
 
-__all__ = ["DecodingProbe", "ProbeError", "calibration_key", "evaluate", "extract_h0", "fit_for", "fit_probe", "get_probe", "map_points", "probe_path", "ship"]
+__all__ = ["DecodingProbe", "ProbeError", "calibration_key", "evaluate", "extract_h0", "fit_for", "fit_probe", "features_path", "get_probe", "map_points", "probe_path", "ship"]

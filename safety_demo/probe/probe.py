@@ -22,7 +22,7 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-N_COMPONENTS = 4  # the paper's 4 principal components
+N_COMPONENTS = 4  # the paper's 4 principal components (the default; `n_components` overrides)
 
 
 class ProbeError(RuntimeError):
@@ -34,8 +34,8 @@ class DecodingProbe:
     model_id: str  # the adapter's model_id the probe was fitted on
     calibration_hash: str  # calibration_hash() of the set it was fitted on
     mean: np.ndarray  # [D] m
-    components: np.ndarray  # [4, D] C (rows = principal directions)
-    weight: np.ndarray  # [4] w
+    components: np.ndarray  # [k, D] C (rows = principal directions; k = 4 in the paper)
+    weight: np.ndarray  # [k] w
     bias: float  # b
     mu: np.ndarray  # [D] MSAV μ
     mu_cb: np.ndarray  # [D] mean h₀ of text-only (CB) harmful items: α = ‖h₀ − μ_CB‖₂
@@ -43,9 +43,14 @@ class DecodingProbe:
 
     def __post_init__(self) -> None:
         D = self.mean.shape[0]
-        assert self.components.shape == (N_COMPONENTS, D) and self.weight.shape == (N_COMPONENTS,)
+        k = self.components.shape[0]
+        assert self.components.shape == (k, D) and self.weight.shape == (k,)
         assert self.mu.shape == (D,) and self.mu_cb.shape == (D,)
         self._torch: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
+    @property
+    def n_components(self) -> int:
+        return int(self.components.shape[0])
 
     # ---- scoring ---------------------------------------------------------------------
     def logit(self, h: np.ndarray) -> np.ndarray:
@@ -108,6 +113,7 @@ def fit_probe(
     model_id: str,
     calibration_hash: str,
     seed: int = 0,
+    n_components: int = N_COMPONENTS,
 ) -> DecodingProbe:
     """Fit m, C, w, b on the train split; μ and μ_CB from the harmful train items; score held-out."""
     t0 = time.perf_counter()
@@ -116,7 +122,7 @@ def fit_probe(
     train = split == "train"
     if y[train].min() == y[train].max():
         raise ProbeError("The training split needs both harmful and harmless items.")
-    pca = PCA(n_components=N_COMPONENTS, random_state=seed).fit(h[train])  # centres on m, keeps C
+    pca = PCA(n_components=n_components, random_state=seed).fit(h[train])  # centres on m, keeps C
     v = pca.transform(h[train])
     clf = LogisticRegression(max_iter=1000, random_state=seed).fit(v, y[train])
     harmful_train = train & (y == 1)

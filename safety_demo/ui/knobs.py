@@ -56,6 +56,7 @@ KNOBS: dict[str, list[Knob]] = {
         Knob(SafeSteerConfig, "msav_scale", "MSAV scale λ", "slider", 0.0, 2.0, 0.05),
         Knob(SafeSteerConfig, "use_probe", "Rerank with the probe", "checkbox"),
         Knob(SafeSteerConfig, "use_msav", "Apply MSAV", "checkbox"),
+        Knob(SafeSteerConfig, "probe_components", "Probe PCA components", "dropdown", choices=(4, 64), info="4 = the paper; 64 separates better on small models"),
     ],
 }
 

@@ -17,10 +17,10 @@ import numpy as np
 from ..decoding import Trace
 from ..inputs import InputError
 from ..models import ModelLoadError, VLMAdapter, load_adapter
-from ..probe import DecodingProbe, ProbeError, get_probe, map_points, probe_path
+from ..probe import DecodingProbe, ProbeError, get_probe, map_points
 
 log = logging.getLogger(__name__)
-_PROBES: dict[str, DecodingProbe] = {}
+_PROBES: dict[tuple[str, int], DecodingProbe] = {}
 _PROBE_LOCK = threading.Lock()
 EXPORT_DIR = Path(tempfile.gettempdir()) / "safety_demo_exports"
 
@@ -39,19 +39,16 @@ def model(name: str) -> VLMAdapter:
         raise UserFacingError(f"The model {name!r} could not be loaded ({type(exc).__name__}: {exc}).") from None
 
 
-def probe_for(adapter: VLMAdapter, fit_if_missing: bool = True) -> DecodingProbe:
-    """The adapter's probe, cached per process; fitted on first use (slow, once)."""
+def probe_for(adapter: VLMAdapter, components: int = 4, fit_if_missing: bool = True) -> DecodingProbe:
+    """The adapter's probe with `components` PCs, cached per process; fitted on first use (slow, once)."""
+    key = (adapter.model_id, components)
     with _PROBE_LOCK:
-        if adapter.model_id not in _PROBES:
+        if key not in _PROBES:
             try:
-                _PROBES[adapter.model_id] = get_probe(adapter, fit_if_missing=fit_if_missing, progress=False)
+                _PROBES[key] = get_probe(adapter, fit_if_missing=fit_if_missing, progress=False, components=components)
             except ProbeError as exc:
                 raise UserFacingError(f"SafeSteer's probe is unavailable: {exc}") from None
-        return _PROBES[adapter.model_id]
-
-
-def probe_ready(adapter: VLMAdapter) -> bool:
-    return adapter.model_id in _PROBES or probe_path(adapter.model_id).is_file()
+        return _PROBES[key]
 
 
 def calibration_points(adapter: VLMAdapter) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -84,4 +81,4 @@ def _prune(folder: Path, keep_seconds: float = 3600.0) -> None:
             pass
 
 
-__all__ = ["InputError", "UserFacingError", "calibration_points", "export", "model", "probe_for", "probe_ready"]
+__all__ = ["InputError", "UserFacingError", "calibration_points", "export", "model", "probe_for"]

@@ -32,7 +32,7 @@ def fake_probe(app_url):
                           np.array([1, 0, 0, 0], np.float32), 0.0, np.eye(1, D, 1, dtype=np.float32)[0], np.zeros(D, np.float32))
     from safety_demo.ui import session
 
-    session._PROBES[fake.model_id] = probe
+    session._PROBES[(fake.model_id, 4)] = probe
     return probe
 
 

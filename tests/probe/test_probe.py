@@ -86,3 +86,21 @@ def test_corrupt_probe_file_is_refitted(fake, small_calibration):
 def test_missing_probe_without_fitting_says_how_to_fit(fake, small_calibration):
     with pytest.raises(ProbeError, match="fit-probe"):
         get_probe(fake, fit_if_missing=False)
+
+
+def test_shipped_probe_is_used_when_the_cache_has_none(fake, small_calibration, monkeypatch, tmp_path):
+    fitted = get_probe(fake, progress=False)
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    path = probe_path(fake.model_id)
+    path.rename(shipped / path.name)
+    monkeypatch.setattr(probe_pkg, "SHIPPED_DIR", shipped)
+    monkeypatch.setattr(probe_pkg, "fit_for", lambda *a, **k: pytest.fail("refitted although a shipped probe exists"))
+    np.testing.assert_array_equal(get_probe(fake, progress=False).weight, fitted.weight)
+
+
+def test_more_components_are_a_separate_probe_from_the_same_features(fake, small_calibration):
+    four = get_probe(fake, progress=False)
+    eight = get_probe(fake, progress=False, components=8)
+    assert four.n_components == 4 and eight.n_components == 8
+    assert probe_path(fake.model_id, components=8) != probe_path(fake.model_id)

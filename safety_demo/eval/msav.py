@@ -1,0 +1,76 @@
+"""Measure what MSAV does on a model: `python -m safety_demo.eval.msav [--model builtin]`.
+
+For held-out calibration items (tuning stays on the project's own data), it compares h₀ with
+h̄₀ under the paper-literal α and under scaled forms:
+  - how far h₀ moves (‖shift‖ / ‖h₀‖),
+  - the probe's P(harmful) before and after,
+  - the first token's refusal-opening mass: P(first token opens a refusal) from lm_head(h̄₀),
+  - whether the greedy first token changes.
+The refusal openings are the first tokens of the curated refusal phrases.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import numpy as np
+import torch
+
+from ..data.calibration import calibration_items, image_for
+from ..decoding.safecode import CURATED_REFUSALS
+from ..decoding.safesteer import msav_shift
+from ..models import Request, load_adapter
+from ..probe import extract_h0, get_probe
+
+SETTINGS = [("literal", 1.0), ("scaled", 0.1), ("scaled", 0.25), ("scaled", 0.5), ("scaled", 1.0)]
+
+
+def sweep(model: str = "builtin", per_composition: int = 12) -> str:
+    adapter = load_adapter(model)
+    probe = get_probe(adapter)
+    items = [it for it in calibration_items(split="heldout") if it.label == "harmful"]
+    chosen = [it for comp in ("CB", "TYPO", "FIGSTEP") for it in [i for i in items if i.composition == comp][:per_composition]]
+    h0 = extract_h0(adapter, [Request(image_for(it), it.prompt) for it in chosen], progress=False)
+    openings = sorted({adapter.encode_text(p)[0] for p in CURATED_REFUSALS})
+    comps = np.array([it.composition for it in chosen])
+
+    def refusal_mass(h: np.ndarray) -> np.ndarray:
+        logits = adapter.logits_from_hidden(torch.as_tensor(h, dtype=adapter.dtype, device=adapter.device))
+        return torch.softmax(logits.float(), -1)[:, openings].sum(-1).cpu().numpy()
+
+    def first(h: np.ndarray) -> np.ndarray:
+        return adapter.logits_from_hidden(torch.as_tensor(h, dtype=adapter.dtype, device=adapter.device)).argmax(-1).cpu().numpy()
+
+    base_mass, base_first, base_p = refusal_mass(h0), first(h0), probe.prob(h0)
+    lines = [
+        f"MSAV on `{model}`: {len(chosen)} held-out harmful calibration items ({per_composition} per composition). "
+        f"Refusal-opening mass = P(first token ∈ first tokens of the curated refusal phrases). Medians.",
+        "",
+        "| form | composition | ‖shift‖/‖h₀‖ | P(harmful) h₀ → h̄₀ | refusal-opening mass h₀ → h̄₀ | first token changed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mode, scale in SETTINGS:
+        shifts = np.stack([msav_shift(probe, h, mode, scale) for h in h0])
+        h_bar = h0 + shifts
+        ratio = np.linalg.norm(shifts, axis=1) / np.linalg.norm(h0, axis=1)
+        mass, p_bar, changed = refusal_mass(h_bar), probe.prob(h_bar), first(h_bar) != base_first
+        name = "literal (α = ‖h₀ − μ_CB‖)" if mode == "literal" else f"scaled λ = {scale}"
+        for comp in ("CB", "TYPO", "FIGSTEP"):
+            m = comps == comp
+            lines.append(
+                f"| {name} | {comp} | {statistics.median(ratio[m]):.2f} | {statistics.median(base_p[m]):.2f} → {statistics.median(p_bar[m]):.2f} "
+                f"| {statistics.median(base_mass[m]):.3f} → {statistics.median(mass[m]):.3f} | {changed[m].mean():.0%} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="builtin")
+    parser.add_argument("--per-composition", type=int, default=12)
+    args = parser.parse_args()
+    print(sweep(args.model, args.per_composition))
+
+
+if __name__ == "__main__":
+    main()
