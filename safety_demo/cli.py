@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import os
 import sys
 from pathlib import Path
 
@@ -95,7 +95,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for event in generate(adapter, Request(image=image, prompt=prompt), policy, config):
         if event.done:
             trace = event.trace
-        else:
+        elif event.token_id not in adapter.eos_token_ids:
             print(event.piece, end="", flush=True)
     print()
     m = trace.meta
@@ -185,3 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug or an environment problem: one line, the traceback on demand
+        if os.environ.get("SAFETY_DEMO_DEBUG"):
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (set SAFETY_DEMO_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1

@@ -20,6 +20,7 @@ from ..probe import DecodingProbe, get_probe
 from .policy import Decision, Policy, StepInput, check_knobs
 
 MSAV_MODES = ("scaled", "literal")
+MSAV_DIRECTIONS = ("to_text", "as_written")
 
 
 @dataclass
@@ -27,8 +28,9 @@ class SafeSteerConfig:
     steps: int = 5  # reranked steps at the start of the answer (paper: later steps add little)
     top_k: int = 5  # candidates scored per reranked step (paper range 5–20)
     threshold: float = 0.5  # MSAV fires when the probe's P(harmful | h₀) exceeds this
-    msav_mode: str = "scaled"  # "literal": h₀ + ‖h₀ − μ_CB‖·μ (paper); "scaled": + λ·‖h₀ − μ_CB‖·μ/‖μ‖
-    msav_scale: float = 0.25  # λ of the scaled form (a fraction of the distance to μ_CB)
+    msav_mode: str = "scaled"  # "literal": α·μ with α = ‖h₀ − μ_CB‖ (paper); "scaled": λ·‖h₀ − μ_CB‖·μ/‖μ‖
+    msav_scale: float = 1.0  # λ of the scaled form (a fraction of the distance to μ_CB)
+    msav_direction: str = "to_text"  # "to_text": h₀ − shift, towards text-only harm; "as_written": h₀ + shift
     use_probe: bool = True  # ablation "without probe": no reranking
     use_msav: bool = True  # ablation "without MSAV"
     temperature: float = 0.0  # softmax temperature over −s when choosing; 0 = argmax (greedy)
@@ -41,18 +43,24 @@ class SafeSteerConfig:
             (0.0 <= self.threshold <= 1.0, "threshold must be in [0, 1]"),
             (self.msav_mode in MSAV_MODES, f"msav_mode must be one of {MSAV_MODES}"),
             (0.0 <= self.msav_scale <= 10.0, "msav_scale must be in [0, 10]"),
+            (self.msav_direction in MSAV_DIRECTIONS, f"msav_direction must be one of {MSAV_DIRECTIONS}"),
             (0.0 <= self.temperature <= 10.0, "temperature must be in [0, 10]"),
             (1 <= self.probe_components <= 256, "probe_components must be in [1, 256]"),
         ]
         check_knobs("SafeSteer", checks)
 
 
-def msav_shift(probe: DecodingProbe, h0: np.ndarray, mode: str, scale: float) -> np.ndarray:
-    """The vector added to h₀: α·μ with α = ‖h₀ − μ_CB‖₂ (literal) or its scaled, unit-μ form."""
+def msav_shift(probe: DecodingProbe, h0: np.ndarray, mode: str, scale: float, direction: str = "as_written") -> np.ndarray:
+    """The vector added to h₀.
+
+    literal: α·μ with α = ‖h₀ − μ_CB‖₂, as the paper writes it; scaled: λ·α·μ/‖μ‖ (a step of a
+    fraction λ of the distance to the text-only centroid). μ points from text-only to
+    image-carried harm, so "as_written" (+) moves h₀ towards image-carried harm and "to_text"
+    (−) towards text-only harm, where the model's own refusal lives (docs/RESULTS.md).
+    """
     alpha = float(np.linalg.norm(h0 - probe.mu_cb))
-    if mode == "literal":
-        return alpha * probe.mu
-    return scale * alpha * probe.mu / max(float(np.linalg.norm(probe.mu)), 1e-8)
+    shift = alpha * probe.mu if mode == "literal" else scale * alpha * probe.mu / max(float(np.linalg.norm(probe.mu)), 1e-8)
+    return -shift if direction == "to_text" else shift
 
 
 class SafeSteerPolicy(Policy):
@@ -78,10 +86,10 @@ class SafeSteerPolicy(Policy):
         h0 = hidden.float().cpu().numpy()
         p0 = float(probe.prob(h0))
         fired = c.use_msav and p0 > c.threshold
-        run["msav"] = {"h0_score": p0, "fired": fired, "mode": c.msav_mode}
+        run["msav"] = {"h0_score": p0, "fired": fired, "mode": c.msav_mode, "direction": c.msav_direction}
         if not fired:
             return None
-        shift = msav_shift(probe, h0, c.msav_mode, c.msav_scale)
+        shift = msav_shift(probe, h0, c.msav_mode, c.msav_scale, c.msav_direction)
         h_bar = h0 + shift
         run["msav"].update(h0bar_score=float(probe.prob(h_bar)), shift_norm=float(np.linalg.norm(shift)), alpha=float(np.linalg.norm(h0 - probe.mu_cb)))
         return torch.as_tensor(h_bar, dtype=hidden.dtype, device=hidden.device)

@@ -22,7 +22,7 @@ from ..decoding.safesteer import msav_shift
 from ..models import Request, load_adapter
 from ..probe import extract_h0, get_probe
 
-SETTINGS = [("literal", 1.0), ("scaled", 0.1), ("scaled", 0.25), ("scaled", 0.5), ("scaled", 1.0)]
+SETTINGS = [("literal", 1.0, 1), ("scaled", 0.25, 1), ("scaled", 1.0, 1), ("literal", 1.0, -1), ("scaled", 0.1, -1), ("scaled", 0.25, -1), ("scaled", 0.5, -1), ("scaled", 1.0, -1)]
 
 
 def sweep(model: str = "builtin", per_composition: int = 12) -> str:
@@ -49,12 +49,12 @@ def sweep(model: str = "builtin", per_composition: int = 12) -> str:
         "| form | composition | ‖shift‖/‖h₀‖ | P(harmful) h₀ → h̄₀ | refusal-opening mass h₀ → h̄₀ | first token changed |",
         "|---|---|---|---|---|---|",
     ]
-    for mode, scale in SETTINGS:
-        shifts = np.stack([msav_shift(probe, h, mode, scale) for h in h0])
+    for mode, scale, sign in SETTINGS:
+        shifts = np.stack([msav_shift(probe, h, mode, scale, "as_written" if sign > 0 else "to_text") for h in h0])
         h_bar = h0 + shifts
         ratio = np.linalg.norm(shifts, axis=1) / np.linalg.norm(h0, axis=1)
         mass, p_bar, changed = refusal_mass(h_bar), probe.prob(h_bar), first(h_bar) != base_first
-        name = "literal (α = ‖h₀ − μ_CB‖)" if mode == "literal" else f"scaled λ = {scale}"
+        name = ("as written, +" if sign > 0 else "to text, −") + (" literal α·μ" if mode == "literal" else f" λ = {scale}·α·μ/‖μ‖")
         for comp in ("CB", "TYPO", "FIGSTEP"):
             m = comps == comp
             lines.append(

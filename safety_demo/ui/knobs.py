@@ -54,6 +54,7 @@ KNOBS: dict[str, list[Knob]] = {
         Knob(SafeSteerConfig, "threshold", "MSAV threshold", "slider", 0.0, 1.0, 0.05, info="fires when P(harmful|h₀) > this"),
         Knob(SafeSteerConfig, "msav_mode", "MSAV form", "dropdown", choices=("scaled", "literal")),
         Knob(SafeSteerConfig, "msav_scale", "MSAV scale λ", "slider", 0.0, 2.0, 0.05),
+        Knob(SafeSteerConfig, "msav_direction", "MSAV direction", "dropdown", choices=("to_text", "as_written"), info="to_text: towards text-only harm"),
         Knob(SafeSteerConfig, "use_probe", "Rerank with the probe", "checkbox"),
         Knob(SafeSteerConfig, "use_msav", "Apply MSAV", "checkbox"),
         Knob(SafeSteerConfig, "probe_components", "Probe PCA components", "dropdown", choices=(4, 64), info="4 = the paper; 64 separates better on small models"),

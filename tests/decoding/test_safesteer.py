@@ -76,7 +76,7 @@ def test_msav_fires_only_above_threshold(fake, req, threshold, fires):
 
 def test_msav_first_token_logits_come_from_h0_bar(fake, req):
     probe = axis_probe(fake, bias=5.0)  # everything looks harmful: MSAV fires
-    trace = run_to_end(fake, req, SafeSteerPolicy(probe=probe, use_probe=False, msav_mode="literal"), GenerationConfig(max_new_tokens=1))
+    trace = run_to_end(fake, req, SafeSteerPolicy(probe=probe, use_probe=False, msav_mode="literal", msav_direction="as_written"), GenerationConfig(max_new_tokens=1))
     h0 = fake.prefill([req]).hidden[0].numpy()
     alpha = np.linalg.norm(h0 - probe.mu_cb)
     h_bar = h0 + alpha * probe.mu
@@ -89,6 +89,14 @@ def test_scaled_msav_moves_by_a_fraction_of_the_distance(fake, req):
     trace = run_to_end(fake, req, SafeSteerPolicy(probe=axis_probe(fake, bias=5.0), use_probe=False, msav_scale=0.25), GenerationConfig(max_new_tokens=1))
     m = trace.meta["msav"]
     assert m["shift_norm"] == pytest.approx(0.25 * m["alpha"], rel=1e-4)
+
+
+@pytest.mark.parametrize("direction,sign", [("to_text", -1.0), ("as_written", 1.0)])
+def test_msav_direction(fake, req, direction, sign):
+    probe = axis_probe(fake, bias=5.0)  # μ = unit vector on axis 1
+    trace = run_to_end(fake, req, SafeSteerPolicy(probe=probe, use_probe=False, msav_direction=direction), GenerationConfig(max_new_tokens=1))
+    moved = trace.meta["prefill_hidden_steered"] - trace.prefill_hidden
+    assert np.sign(moved[1]) == sign and np.allclose(np.delete(moved, 1), 0, atol=1e-5)
 
 
 def test_ablation_without_both_is_vanilla(fake, req):

@@ -291,3 +291,14 @@ def test_default_model_noise_and_padding(default):
     assert diff > 0.05
     alone = default.prefill([Request(white(), "Hi")])
     torch.testing.assert_close(batch.logits[2], alone.logits[0], atol=1e-4, rtol=1e-4)
+
+
+def test_text_only_turn_has_no_vision_span(fast):
+    text = fast.prefill([Request(None, "Is this request safe?")])
+    with_image = fast.prefill([Request(Image.new("RGB", (64, 64), "white"), "Is this request safe?")])
+    assert text.state.attention_mask.shape[1] < with_image.state.attention_mask.shape[1]
+    assert torch.isfinite(text.logits).all()
+    from safety_demo.decoding.judge import run_judge
+
+    result = run_judge(fast, Request(Image.new("RGB", (64, 64), "white"), "hello"), caption_max_tokens=4, verdict_max_tokens=3)
+    assert result.verdict in ("safe", "unsafe")

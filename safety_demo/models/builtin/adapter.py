@@ -130,6 +130,7 @@ class BuiltinAdapter(VLMAdapter):
             [{"role": "user", "content": SENTINEL}], add_generation_prompt=True, tokenize=False
         )
         before, after = text.split(SENTINEL)
+        self.text_prefix_ids = self.encode_text(before)  # text-only turns (the judge's verdict)
         return self.encode_text(before + self.family.span_start), self.encode_text(after)
 
     def plain_ids(self, text: str) -> list[int]:
@@ -160,8 +161,11 @@ class BuiltinAdapter(VLMAdapter):
         return torch.cat([soft[None], words])
 
     @torch.no_grad()
-    def _row_embeddings(self, request: Request, reading: ImageReading, continuation: Sequence[int]) -> torch.Tensor:
+    def _row_embeddings(self, request: Request, reading: ImageReading | None, continuation: Sequence[int]) -> torch.Tensor:
         """[T, D] input embeddings of one row: template, image, prompt, template end, continuation."""
+        if reading is None:  # a text-only turn: no vision span at all
+            ids = self.text_prefix_ids + self.plain_ids(request.prompt) + self.suffix_ids + list(continuation)
+            return self.embed(torch.tensor(ids, dtype=torch.long))
         after = self.span_end_ids + self.plain_ids(request.prompt) + self.suffix_ids + list(continuation)
         return torch.cat([
             self.embed(torch.tensor(self.prefix_ids)),
@@ -182,7 +186,9 @@ class BuiltinAdapter(VLMAdapter):
         continuations = continuations or [[] for _ in requests]
         if len(continuations) != len(requests):
             raise ValueError(f"{len(requests)} requests but {len(continuations)} continuations")
-        readings = self.vision.read([r.image for r in requests])
+        images = [r.image for r in requests if r.image is not None]
+        read = iter(self.vision.read(images) if images else [])
+        readings = [next(read) if r.image is not None else None for r in requests]
         rows = [self._row_embeddings(r, rd, c) for r, rd, c in zip(requests, readings, continuations)]
         B, T, D = len(rows), max(len(r) for r in rows), self.hidden_size
         x = torch.zeros(B, T, D)  # left-padded input embeddings
