@@ -225,6 +225,9 @@ def generate_many(
                     index, d = lane.policy.choose(lane.inp, d, nxt.hidden[block[0] : block[-1] + 1])
                     lane.decision, lane.token = d, int(d.lookahead[index])
                     block = [block[index]]  # keep the chosen candidate's row: cache and logits
+                elif d.keep_rows is not None:
+                    block = [block[i] for i in d.keep_rows]  # the method stops decoding some rows
+                    lane.n_rows = len(block)
             except Exception as exc:
                 fail(lane, exc)
                 continue

@@ -44,6 +44,7 @@ class Decision:
     scores: dict[str, float] = field(default_factory=dict)  # named scalars for the trace
     per_token: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [V]; chosen id recorded
     candidate_scores: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [k] for lookahead
+    keep_rows: list[int] | None = None  # rows of this method's block that go on decoding (None = all)
     notes: dict[str, Any] = field(default_factory=dict)
 
 

@@ -10,8 +10,9 @@ Per step t < `steps`, with z(v) and z(ṽ) the logits of the real and the noised
             among the best `phrase_top_k`); if none fits, p′ = p_cd·(1 + λ_boost) on R
     safe:   p′ = p_cd·(1 − 0.5·λ_supp) on R, renormalised
 
-After that, ordinary decoding from z(v). The noised row keeps running so every token gets
-its contrastive delta log p(real) − log p(noised) in the trace.
+After that, ordinary decoding from z(v), on the real row only (as the official code), unless
+`delta_after_steps` keeps the noised row running so every token gets its contrastive delta
+log p(real) − log p(noised) in the trace (one more row per step).
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ class SafeCoDeConfig:
     length_cap: int = 0  # official cap on new tokens after `unsafe` (20–30); 0 = off
     caption_max_tokens: int = 40  # judge caption budget (official ≤ 100; one sentence is kept)
     movers: int = 5  # tokens whose log-probability moved most, recorded per step
+    delta_after_steps: bool = False  # keep the noised row after the modulated steps: deltas for every token, one more row
 
     def __post_init__(self) -> None:
         checks = [
@@ -123,9 +125,14 @@ class SafeCoDePolicy(Policy):
 
     def step(self, inp: StepInput) -> Decision:
         c, run, t = self.config, inp.run, inp.step
-        z_real, z_noised = inp.logits[0].float(), inp.logits[1].float()  # [V] each
-        delta = torch.log_softmax(z_real, -1) - torch.log_softmax(z_noised, -1)  # [V] log p(real) − log p(noised)
-        common = dict(per_token={"policy.contrastive.delta": delta}, notes={"movers": self._movers(z_real, z_noised, delta), "verdict": run["verdict"]})
+        z_real = inp.logits[0].float()  # [V]
+        common: dict[str, Any] = dict(notes={"verdict": run["verdict"]})
+        if inp.logits.shape[0] > 1:  # the noised row is still decoding beside the real one
+            z_noised = inp.logits[1].float()
+            delta = torch.log_softmax(z_real, -1) - torch.log_softmax(z_noised, -1)  # [V] log p(real) − log p(noised)
+            common = dict(per_token={"policy.contrastive.delta": delta}, notes={"movers": self._movers(z_real, z_noised, delta), "verdict": run["verdict"]})
+            if t >= c.steps - 1 and not c.delta_after_steps:
+                common["keep_rows"] = [0]  # after this step only the real row decodes (as the official code)
         R = run["_refusal_ids"].to(z_real.device)
         raw_mass = float(torch.softmax(z_real, -1)[R].sum()) if len(R) else 0.0
 

@@ -47,6 +47,7 @@ KNOBS: dict[str, list[Knob]] = {
         Knob(SafeCoDeConfig, "lambda_boost", "λ boost", "slider", 0.0, 5.0, 0.1),
         Knob(SafeCoDeConfig, "lambda_supp", "λ suppress", "slider", 0.0, 2.0, 0.1, info="1 → refusal tokens ×0.5"),
         Knob(SafeCoDeConfig, "length_cap", "Length cap after unsafe", "slider", 0, 64, 1, info="0 = off (official: 20–30)"),
+        Knob(SafeCoDeConfig, "delta_after_steps", "Contrastive delta for every token", "checkbox", info="keeps the noised row running (one more row)"),
     ],
     "SafeSteer": [
         Knob(SafeSteerConfig, "steps", "Reranked steps", "slider", 0, 20, 1),

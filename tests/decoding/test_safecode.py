@@ -60,8 +60,22 @@ def test_contrastive_logits_recomputed_from_the_two_rows(fake, req, verdict, alp
 
 
 def test_sigma_zero_means_no_contrast(fake, req):
-    trace = run_to_end(fake, req, SafeCoDePolicy(verdict="safe", sigma=0.0), CFG)
+    trace = run_to_end(fake, req, SafeCoDePolicy(verdict="safe", sigma=0.0, delta_after_steps=True), CFG)
     assert np.allclose(trace.scores["policy.contrastive.delta"], 0.0, atol=1e-5)
+
+
+def test_noised_row_stops_after_the_modulated_steps_unless_asked(fake, req):
+    from .test_safesteer import Counting
+
+    cfg = GenerationConfig(max_new_tokens=8, ignore_eos=True)
+    counting = Counting(fake)
+    short = run_to_end(counting, req, SafeCoDePolicy(verdict="safe", steps=3), cfg)
+    batch = [b for kind, b in counting.calls if kind == "step"][-8:]
+    assert batch == [2, 2, 2, 1, 1, 1, 1, 1]  # real + noised for 3 steps, then the real row alone
+    assert np.isfinite(short.scores["policy.contrastive.delta"][:3]).all() and np.isnan(short.scores["policy.contrastive.delta"][3:]).all()
+    full = run_to_end(fake, req, SafeCoDePolicy(verdict="safe", steps=3, delta_after_steps=True), cfg)
+    assert np.isfinite(full.scores["policy.contrastive.delta"]).all()
+    assert full.token_ids.tolist() == short.token_ids.tolist()  # the extra row changes nothing but the views
 
 
 def test_noised_row_runs_beside_the_real_row_in_one_batch(fake, req):
@@ -74,7 +88,7 @@ def test_seeded_sampling_repeats(fake, req):
     cfg = GenerationConfig(max_new_tokens=8, temperature=1.0, seed=5)
     a, b = (run_to_end(fake, req, SafeCoDePolicy(verdict="safe"), cfg) for _ in range(2))
     assert a.token_ids.tolist() == b.token_ids.tolist()
-    assert a.scores["policy.contrastive.delta"].tolist() == b.scores["policy.contrastive.delta"].tolist()
+    np.testing.assert_array_equal(a.scores["policy.contrastive.delta"], b.scores["policy.contrastive.delta"])
 
 
 def test_length_cap_after_unsafe(fake, req):
