@@ -98,6 +98,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         elif event.token_id not in adapter.eos_token_ids:
             print(event.piece, end="", flush=True)
     print()
+    _add_probe_scores(adapter, trace, args)
     m = trace.meta
     extra = ""
     if "judge" in m:
@@ -113,6 +114,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
         trace.save_json(args.trace, include_hidden=args.trace_hidden)
         print(f"trace written to {args.trace}", file=sys.stderr)
     return 0
+
+
+def _add_probe_scores(adapter, trace, args: argparse.Namespace) -> None:
+    """Per-token P(harmful) for any method's trace, when a probe for this model exists already."""
+    from .decoding import add_probe_scores
+    from .probe import ProbeError, get_probe
+
+    try:
+        probe = get_probe(adapter, fit_if_missing=False, progress=False, components=args.safesteer__probe_components)
+    except ProbeError:
+        return  # no probe yet: `fit-probe` makes one; generating never waits for it
+    add_probe_scores(trace, probe)
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -63,6 +63,7 @@ class SafeCoDeConfig:
     length_cap: int = 0  # official cap on new tokens after `unsafe` (20–30); 0 = off
     caption_max_tokens: int = 40  # judge caption budget (official ≤ 100; one sentence is kept)
     movers: int = 5  # tokens whose log-probability moved most, recorded per step
+    judge_model: str = ""  # a second local model as the judge (registry name); "" = the decoding model
     delta_after_steps: bool = False  # keep the noised row after the modulated steps: deltas for every token, one more row
 
     def __post_init__(self) -> None:
@@ -110,11 +111,16 @@ class SafeCoDePolicy(Policy):
 
     def prepare(self, adapter: VLMAdapter, request: Request, seed: int) -> dict[str, Any]:
         c = self.config
-        judge = run_judge(self.judge_adapter or adapter, request, override=c.verdict, caption_max_tokens=c.caption_max_tokens)
+        judge_adapter = self.judge_adapter
+        if judge_adapter is None and c.judge_model:
+            from ..models import load_adapter  # loaded once per process, like any model
+
+            judge_adapter = load_adapter(c.judge_model)
+        judge = run_judge(judge_adapter or adapter, request, override=c.verdict, caption_max_tokens=c.caption_max_tokens)
         refusal_ids = refusal_token_ids(adapter, c.vocabulary)
         phrases = [(p, adapter.encode_text(p)) for p in REFUSAL_VOCABULARIES[c.vocabulary]]
         return {
-            "judge": judge.to_dict(),
+            "judge": {**judge.to_dict(), "model": (judge_adapter or adapter).name},
             "verdict": judge.verdict,
             "alpha": c.alpha_unsafe if judge.verdict == "unsafe" else c.alpha_safe,
             "refusal_tokens": adapter.token_texts(refusal_ids),

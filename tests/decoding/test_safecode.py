@@ -132,3 +132,12 @@ def test_override_skips_the_verdict(fake, req):
 def test_bad_knobs_are_refused(knob):
     with pytest.raises(InputError):
         SafeCoDeConfig(**knob)
+
+
+def test_a_second_local_model_can_judge(fake, req):
+    from safety_demo.models.fake import FakeAdapter
+
+    judge = FakeAdapter(seed=1)
+    judge.name = "fake-judge"
+    trace = run_to_end(fake, req, SafeCoDePolicy(judge_adapter=judge), CFG)
+    assert trace.meta["judge"]["model"] == "fake-judge"
