@@ -109,7 +109,13 @@ def run(image, prompt, model_name, *knob_values):
     traces = {m: c.trace for m, c in columns.items() if c.trace is not None}
     figures = _figures(traces, adapter, "PCA", config.methods[0])
     json_path, html_path = export(traces, figures)
-    done = {status: "Done. Explore the views below." + ("" if all(not c.error for c in columns.values()) else " ⚠️ One method failed; see its column.")}
+    judge = traces["safecode"].meta["prepare_seconds"] if "safecode" in traces else 0.0
+    message = "Done. Explore the views below."
+    if judge:
+        message += f" All three columns started after SafeCoDe's judge ({judge:.1f} s), so their first-token times include it."
+    if any(c.error for c in columns.values()):
+        message += " ⚠️ One method failed; see its column."
+    done = {status: message}
     for m, col in columns.items():
         done.update({answers[m]: col.tokens, stats[m]: _stats(col), infos[m]: _method_info(m, col.trace)})
     longest = max((len(t) for t in traces.values()), default=1)

@@ -79,9 +79,13 @@ def compare(
             if probe is not None:
                 add_probe_scores(event.trace, probe)
             col.tokens = highlighted_tokens(event.trace)
+            if event.trace.meta.get("stopped_on_eos"):
+                col.tokens = col.tokens[:-1]  # the end-of-turn token is not part of the answer
             continue
         col.text, col.n_tokens = event.text, event.step + 1
         col.seconds = time.perf_counter() - t0
+        if event.token_id in adapter.eos_token_ids:
+            continue
         score = None
         if probe is not None and event.record.hidden is not None:
             score = float(2.0 * probe.prob(event.record.hidden) - 1.0)

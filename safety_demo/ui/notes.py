@@ -11,7 +11,7 @@ RapidOCR (text in the image). The image reaches the language model as visual emb
 Pick a preset to run a real VLM on a GPU."""
 
 ANSWERS = """**How to read the answers.** Each token is coloured by the SafeSteer probe's **P(harmful)** of the hidden state at
-that token: blue = reads as harmless, red = reads as harmful, uncoloured = no probe yet. Same colours for all three
+that token: purple = reads as harmless, red = reads as harmful, pale = undecided (≈ 0.5), uncoloured = no probe yet. Same colours for all three
 methods, so you can compare where each answer turns harmful or safe."""
 
 DELTA = """**Contrastive delta.** For each answer token: log p(token | real image) − log p(token | noised image).
@@ -29,4 +29,4 @@ shaped by how the request was composed (text-only, typographic, FigStep list, ph
 ◆ is h̄₀ after MSAV (if it fired). The lines follow each answer's tokens through hidden-state space.
 PCA is exact and fast; t-SNE and UMAP show neighbourhoods but distort distances (UMAP compiles on first use)."""
 
-LEGEND = "Colour = probe P(harmful): −1 harmless (blue) … +1 harmful (red)."
+LEGEND = "The legend's −1 … +1 is 2·P(harmful) − 1: −1 harmless (purple), +1 harmful (red)."

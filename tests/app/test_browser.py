@@ -44,8 +44,10 @@ def test_generate_in_the_browser(browser, app_url):
     )
     for method in ("vanilla", "safecode", "safesteer"):
         assert page.locator(f"#answer-{method}").inner_text().strip(), f"{method} answer is empty"
-    assert page.locator("#delta-plot .js-plotly-plot").count() >= 1
+    page.wait_for_selector("#delta-plot .js-plotly-plot", state="attached", timeout=60_000)  # plots render after the text
     OUT.mkdir(parents=True, exist_ok=True)
+    page.locator("#stats-vanilla").scroll_into_view_if_needed()
+    page.evaluate("window.scrollBy(0, -120)")
     page.screenshot(path=str(OUT / "app-answers.png"), full_page=False)
     page.locator("#walkthrough").scroll_into_view_if_needed()
     page.screenshot(path=str(OUT / "app-full.png"), full_page=True)
