@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, help="run folder; rerun with the same folder to resume (default out/eval/<bench>-<model>)")
     ev.add_argument("--max-new-tokens", type=int, default=64)
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--probe-components", type=int, default=4, help="SafeSteer's probe PCs (paper: 4)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
 
     fit = sub.add_parser("fit-probe", help="fit SafeSteer's Decoding-Probe on the calibration set")
@@ -180,7 +181,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     cfg = EvalConfig(
         bench=args.bench, data=args.data, methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), model=args.model,
-        limit=args.limit, out=args.out, max_new_tokens=args.max_new_tokens, seed=args.seed, progress=not args.quiet,
+        limit=args.limit, out=args.out, max_new_tokens=args.max_new_tokens, seed=args.seed,
+        probe_components=args.probe_components, progress=not args.quiet,
     )
     return eval_main(cfg)
 

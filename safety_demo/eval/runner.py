@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping
 from tqdm import tqdm
 
 from ..compare import METHODS, CompareConfig, make_policies
-from ..decoding import POLICIES, GenerationConfig, Trace, generate_many
+from ..decoding import POLICIES, GenerationConfig, SafeSteerConfig, Trace, generate_many
 from ..inputs import InputError
 from ..models import DEFAULT_MODEL, Request, VLMAdapter, load_adapter
 from ..probe import get_probe
@@ -34,7 +34,7 @@ from .report import write_reports
 RESULTS = "results.jsonl"
 RUN_INFO = "run.json"
 PROMPT_CHARS = 200  # prompts are stored truncated (the benchmark file has them in full)
-FINGERPRINT = ("bench", "model", "max_new_tokens", "seed")  # a resumed run must match these
+FINGERPRINT = ("bench", "model", "max_new_tokens", "seed", "probe_components")  # a resumed run must match these
 
 
 @dataclass
@@ -47,6 +47,7 @@ class EvalConfig:
     out: Path | None = None  # run folder; None = out/eval/<bench>-<model>
     max_new_tokens: int = 64  # per answer; refusals show in the first few dozen tokens
     seed: int = 0  # generation seed (and SafeCoDe's noise)
+    probe_components: int = 4  # SafeSteer's probe PCs (paper: 4)
     progress: bool = True  # tqdm bar on stderr
 
     def __post_init__(self) -> None:
@@ -194,9 +195,10 @@ def run_eval(config: EvalConfig, judge: Judge = phrase_judge, adapter: VLMAdapte
     written = 0
     if todo:
         adapter = adapter or load_adapter(config.model)
-        probe = get_probe(adapter, progress=config.progress) if any("safesteer" in ms for _, ms in todo) else None
+        k = config.probe_components
+        probe = get_probe(adapter, progress=config.progress, components=k) if any("safesteer" in ms for _, ms in todo) else None
         gen = GenerationConfig(max_new_tokens=config.max_new_tokens, seed=config.seed, keep_hidden=False)
-        compare = CompareConfig(generation=gen, methods=config.methods)
+        compare = CompareConfig(generation=gen, methods=config.methods, safesteer=SafeSteerConfig(probe_components=k))
         tally = {m: [0, 0] for m in config.methods}  # refused, judged
         bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{config.bench}", unit="item", file=sys.stderr, disable=not config.progress, dynamic_ncols=True)
         with bar, results.open("a", encoding="utf-8") as f:

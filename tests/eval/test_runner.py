@@ -57,7 +57,7 @@ def test_resume_after_interruption(fake, mini_figstep, tmp_path, monkeypatch):
 
 
 def test_adding_a_method_runs_only_that_method(fake, mini_figstep, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "get_probe", lambda adapter, progress=True: axis_probe(adapter))
+    monkeypatch.setattr(runner, "get_probe", lambda adapter, progress=True, components=4: axis_probe(adapter))
     out = tmp_path / "run"
     run_eval(_config(mini_figstep, out, limit=2, methods=("vanilla",)), adapter=fake)
     result = run_eval(_config(mini_figstep, out, limit=2, methods=("vanilla", "safesteer")), adapter=fake)
