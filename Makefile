@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE ?= 1
 export GRADIO_ANALYTICS_ENABLED ?= False
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test test-slow test-all setup model model-fast bench clean
+.PHONY: demo test test-slow test-all setup model model-fast bench screenshot clean
 
 demo: $(VENV)/.runtime model
 	$(PY) app.py
@@ -46,6 +46,10 @@ model: $(VENV)/.runtime
 
 model-fast: $(VENV)/.runtime
 	$(PY) -m safety_demo setup --variant fast
+
+screenshot: $(VENV)/.dev model  # the README's picture: inputs + three answers, from the browser test
+	$(PY) -m pytest -q -m browser tests/app/test_browser.py
+	$(PY) -c "from PIL import Image; im = Image.open('out/screenshots/app-full.png').convert('RGB'); im.crop((0, 0, 1280, 1460)).quantize(colors=128).save('docs/screenshot.png', optimize=True)"
 
 bench: $(VENV)/.runtime model
 	$(PY) -m safety_demo bench
