@@ -16,7 +16,7 @@ from safety_demo.compare import METHODS, TITLES, CompareConfig, Column, compare
 from safety_demo.decoding import Trace
 from safety_demo.explain import walkthrough
 from safety_demo.inputs import InputError, clean_prompt, load_image
-from safety_demo.models import BUILTIN_MODELS, DEFAULT_MODEL, Request, model_choices
+from safety_demo.models import DEFAULT_MODEL, Request, model_choices
 from safety_demo.ui import notes
 from safety_demo.ui.examples import EXAMPLES, ensure_examples
 from safety_demo.ui.knobs import ALL_KNOBS, KNOBS, Knob, read_configs
@@ -261,8 +261,7 @@ demo.queue(max_size=int(os.environ.get("SAFETY_DEMO_QUEUE", 16)), default_concur
 def warm_start(name: str = DEFAULT_MODEL) -> None:
     """Load the default model and its probe and compile UMAP before the first click."""
     try:
-        if name in BUILTIN_MODELS or os.environ.get("SAFETY_DEMO_WARM", "1") == "1":
-            probe_for(model(name))
+        probe_for(model(name))
         warm_up_umap()
     except Exception:  # the first request will report it properly
         log.exception("warm start failed")

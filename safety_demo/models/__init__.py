@@ -1,4 +1,4 @@
-"""Model registry: one name -> one loader. CLI choices and the UI picker read `MODEL_CHOICES`.
+"""Model registry: one name -> one loader. The CLI and the UI picker read `model_choices()`.
 
 Loaded adapters are cached per process (the one mutable module-level object we allow):
 a model is loaded once and shared by every request.
