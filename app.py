@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from pathlib import Path
 
 import gradio as gr
 
@@ -76,12 +77,22 @@ def _method_info(method: str, trace: Trace | None) -> str:
 
 
 def _upload_path(payload) -> str | None:
-    """The upload's file in Gradio's temp area. The listener skips Gradio's own preprocessing
-    (preprocess=False), which would fail on a non-image with a generic message: load_image
-    explains instead."""
-    if payload is None or isinstance(payload, str):
-        return payload
-    return payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", None)
+    """The upload's file in Gradio's upload cache, and nowhere else.
+
+    The listener skips Gradio's own preprocessing (preprocess=False), which would fail on a
+    non-image with a generic message; `load_image` explains instead. Skipping it also skips
+    Gradio's check of where the file lives, so it is done here: a client that names a server
+    path (`{"path": "/etc/…"}`) is refused before anything is opened.
+    """
+    if payload is None:
+        return None
+    path = payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", None)
+    if not isinstance(path, str) or not path:
+        raise InputError("Upload an image file (PNG, JPEG, WebP, ...).")
+    cache = Path(image_in.GRADIO_CACHE).resolve()
+    if not Path(path).resolve().is_relative_to(cache):
+        raise InputError("The image must be uploaded through the app; server paths are not accepted.")
+    return path
 
 
 def run(image, prompt, model_name, *knob_values):

@@ -109,3 +109,20 @@ def test_full_generate_on_the_builtin_model(client, knob_defaults):
     data = json.loads(Path(out["json"]).read_text())
     assert data["safesteer"]["meta"]["msav"]["h0_score"] is not None
     assert data["safecode"]["meta"]["judge"]["caption"]
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", str(EXAMPLES_DIR / "lab_sign.png")])
+def test_server_paths_are_never_read(app_url, knob_defaults, fake_probe, path):
+    """A raw API call naming a server file (not an upload) ends in an error, never an answer.
+
+    gradio_client would upload a local file first, so this speaks HTTP directly.
+    """
+    import httpx
+
+    payload = {"path": path, "meta": {"_type": "gradio.FileData"}}
+    r = httpx.post(app_url + "gradio_api/call/generate", json={"data": [payload, "what is this", "fake", *knob_defaults]})
+    event_id = r.json()["event_id"]
+    with httpx.stream("GET", app_url + f"gradio_api/call/generate/{event_id}", timeout=60) as stream:
+        lines = list(stream.iter_lines())
+    assert any(line.startswith("event: error") for line in lines)
+    assert not any("Done" in line for line in lines)
