@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import gradio as gr
+import torch
 
 from safety_demo.compare import METHODS, TITLES, CompareConfig, Column, compare
 from safety_demo.decoding import Trace
@@ -48,6 +49,11 @@ def _fail(exc: Exception) -> gr.Error:
     """Every failure reaches the user as one short sentence, never a traceback."""
     if isinstance(exc, (InputError, UserFacingError, ValueError)):
         return gr.Error(str(exc), print_exception=False)
+    if isinstance(exc, torch.OutOfMemoryError):
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # give the memory back so the next request can run
+        log.warning("out of memory: %s", exc)
+        return gr.Error("The model ran out of GPU memory on this request. Try fewer new tokens, a smaller image or a smaller model.", print_exception=False)
     log.exception("unexpected failure")
     return gr.Error(f"Something went wrong ({type(exc).__name__}: {exc}). The app is still running; try again.", print_exception=False)
 
@@ -192,7 +198,8 @@ def _control(k: Knob):
 
 # ---------------------------------------------------------------- layout
 example_rows = ensure_examples()
-with gr.Blocks(title="safety_demo: safety-steering decoding, token by token") as demo:
+# uploads live in Gradio's cache only, and not for long: checked every 10 min, deleted after 1 h
+with gr.Blocks(title="safety_demo: safety-steering decoding, token by token", delete_cache=(600, 3600)) as demo:
     gr.Markdown(notes.INTRO)
     with gr.Row():
         with gr.Column(scale=2):

@@ -126,3 +126,39 @@ def test_server_paths_are_never_read(app_url, knob_defaults, fake_probe, path):
         lines = list(stream.iter_lines())
     assert any(line.startswith("event: error") for line in lines)
     assert not any("Done" in line for line in lines)
+
+
+def test_out_of_memory_gets_a_message_and_the_next_request_runs(client, knob_defaults, fake_probe, monkeypatch):
+    """A simulated CUDA out-of-memory inside the model forward."""
+    import torch
+
+    from safety_demo.models import load_adapter
+
+    fake = load_adapter("fake")
+    real_step = type(fake).step
+
+    def oom(self, token_ids, state):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(type(fake), "step", oom)
+    knobs = list(knob_defaults)
+    knobs[0] = 3
+    with pytest.raises(AppError, match="ran out of GPU memory"):
+        _generate(client, knobs)
+    monkeypatch.setattr(type(fake), "step", real_step)
+    assert _generate(client, knobs)["vanilla"]
+
+
+def test_one_method_failing_leaves_the_others(client, knob_defaults, fake_probe, monkeypatch):
+    from safety_demo.decoding import SafeSteerPolicy
+
+    def broken(self, inp):
+        raise RuntimeError("probe exploded")
+
+    monkeypatch.setattr(SafeSteerPolicy, "step", broken)
+    knobs = list(knob_defaults)
+    knobs[0] = 4
+    out = _generate(client, knobs)
+    assert out["vanilla"] and out["safecode"]
+    assert "failed" in out["stats_s"] and "probe exploded" in out["stats_s"]
+    assert "One method failed" in out["status"]
