@@ -21,7 +21,7 @@ from safety_demo.inputs import InputError, clean_prompt, load_image
 from safety_demo.models import DEFAULT_MODEL, Request, model_choices
 from safety_demo.ui import notes
 from safety_demo.ui.examples import EXAMPLES, ensure_examples
-from safety_demo.ui.knobs import ALL_KNOBS, KNOBS, Knob, read_configs
+from safety_demo.ui.knobs import KNOBS, Knob, read_configs
 from safety_demo.ui.session import UserFacingError, calibration_points, export, model, probe_for
 from safety_demo.viz import empty_figure
 from safety_demo.viz.contrast import contrastive_delta_figure

@@ -49,10 +49,6 @@ class Column:
     error: str | None = None
     trace: Trace | None = None
 
-    @property
-    def tokens_per_second(self) -> float:
-        return self.n_tokens / self.seconds if self.seconds > 0 else 0.0
-
 
 def make_policies(config: CompareConfig, probe: DecodingProbe | None) -> dict:
     factories = {

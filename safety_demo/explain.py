@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import math
 
+from .compare import TITLES
 from .decoding import Trace
-
-TITLES = {"vanilla": "Vanilla", "safecode": "SafeCoDe", "safesteer": "SafeSteer"}
 
 
 def _tok(text: str) -> str:

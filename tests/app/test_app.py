@@ -24,7 +24,7 @@ def fake_probe(app_url):
     import numpy as np
 
     from safety_demo.models import load_adapter
-    from safety_demo.probe import DecodingProbe, probe_path
+    from safety_demo.probe import DecodingProbe
 
     fake = load_adapter("fake")
     D = fake.hidden_size

@@ -6,7 +6,6 @@ SafeCoDe real+noised batch and SafeSteer's candidate rows run on each family's r
 import pytest
 
 from safety_demo.decoding import GenerationConfig, SafeCoDePolicy, SafeSteerPolicy, VanillaPolicy, generate_many, run_to_end
-from safety_demo.models.base import Request
 from safety_demo.models.tiny import TINY_FAMILIES, load_tiny
 
 from ..decoding.test_safesteer import axis_probe

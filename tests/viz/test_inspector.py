@@ -4,7 +4,6 @@ import pytest
 from safety_demo.viz import step_choices, step_figure, step_table
 from safety_demo.viz.inspector import STEP_TABLE_HEADERS
 
-from .conftest import make_trace
 
 
 @pytest.mark.parametrize("name", ["vanilla", "safecode", "safesteer"])
