@@ -78,7 +78,7 @@ def _method_info(method: str, trace: Trace | None) -> str:
     if method == "safesteer" and "msav" in m:
         s = m["msav"]
         after = f" → h̄₀ {s['h0bar_score']:.2f}" if s.get("h0bar_score") is not None else ""
-        return f"**P(harmful | h₀):** {s['h0_score']:.2f}{after} · **MSAV** {'fired' if s['fired'] else 'did not fire'}"
+        return f"**P(harmful | h₀):** {s['h0_score']:.2f}{after} · **MSAV** {'fired' if s['fired'] else 'did not fire'}  \n{m.get('probe', '')}"
     return "The model's own answer, greedy or sampled."
 
 

@@ -22,8 +22,18 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type, prefix:
         if f.type in (bool, "bool"):
             group.add_argument(flag, dest=f"{prefix}__{f.name}", action=argparse.BooleanOptionalAction, default=f.default)
         else:
-            kind = {"int": int, "float": float, "str": str}.get(str(f.type), str)
+            kind = {"int": int, "float": float, "str": str, "int | str": _components}.get(str(f.type), str)
             group.add_argument(flag, dest=f"{prefix}__{f.name}", metavar=f.name.upper(), type=kind, default=f.default, help=f"default {f.default!r}")
+
+
+def _components(value: str) -> int | str:
+    """argparse type of the probe-components flags: 'auto' or one of 4 … 128."""
+    from .probe import parse_components
+
+    try:
+        return parse_components(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,13 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, help="run folder; rerun with the same folder to resume (default out/eval/<bench>-<model>)")
     ev.add_argument("--max-new-tokens", type=int, default=64)
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--probe-components", type=int, default=4, help="SafeSteer's probe PCs (paper: 4)")
+    ev.add_argument("--probe-components", type=_components, default="auto", help="SafeSteer's probe PCs: auto (default) or 4 … 128 (paper: 4)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
 
     fit = sub.add_parser("fit-probe", help="fit SafeSteer's Decoding-Probe on the calibration set")
     fit.add_argument("--model", default=DEFAULT_MODEL)
     fit.add_argument("--refit", action="store_true", help="refit even if a probe file exists (reuses cached h₀)")
-    fit.add_argument("--components", type=int, default=4, help="PCA components (paper: 4)")
+    fit.add_argument("--components", type=_components, default="auto", help="PCA components: auto (smallest k within 0.01 AUROC of the best; default) or 4, 8, … 128 (paper: 4)")
     fit.add_argument("--ship", action="store_true", help="also copy the probe and a map subsample into assets/probes/")
     return parser
 
@@ -105,7 +115,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if "judge" in m:
         extra = f"; judge: {m['judge']['verdict']} ({m['judge']['source']}), caption: {m['judge']['caption']!r}"
     if "msav" in m:
-        extra = f"; P(harmful|h₀)={m['msav']['h0_score']:.3f}, MSAV {'fired' if m['msav']['fired'] else 'off'}"
+        extra = f"; P(harmful|h₀)={m['msav']['h0_score']:.3f}, MSAV {'fired' if m['msav']['fired'] else 'off'}; {m.get('probe', '')}"
     print(
         f"[{trace.method}] {len(trace)} tokens, {trace.tokens_per_second:.1f} tok/s, "
         f"first token after {m['ttft_seconds']:.2f}s{extra}",
@@ -148,7 +158,12 @@ def cmd_fit_probe(args: argparse.Namespace) -> int:
 
     adapter = load_adapter(args.model)
     probe = fit_for(adapter, components=args.components) if args.refit else get_probe(adapter, components=args.components)
+    from .probe import describe_probe
+
     m = probe.metrics
+    print(f"{describe_probe(probe)}")
+    if "selection" in m:
+        print("held-out AUROC by k: " + ", ".join(f"{k}: {v:.3f}" for k, v in m["selection"]["auroc_by_k"].items()))
     print(f"probe ({probe.n_components} PCs) for {adapter.model_id}: {m.get('n_train')} training items, "
           f"h₀ extraction {m.get('extract_seconds', float('nan')):.1f}s, fit {m.get('fit_seconds', float('nan')):.2f}s")
     print(f"{'held-out':10s} {'n':>5s} {'accuracy':>9s} {'AUROC':>7s}")

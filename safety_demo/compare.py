@@ -6,8 +6,8 @@ in the same batch per step (`generate_many`); a method that fails ends alone wit
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterator
 
 from .decoding import (
     GenerationConfig,
@@ -26,6 +26,18 @@ from .viz.tokens import highlighted_tokens
 
 METHODS = ("vanilla", "safecode", "safesteer")
 TITLES = {"vanilla": "Vanilla", "safecode": "SafeCoDe", "safesteer": "SafeSteer"}
+# Named variants for evaluation: (base method, knobs changed). The ablations are the paper's Table 3.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "safecode-probe": ("safecode", {"judge": "probe"}),  # verdict from P(harmful | h₀), no caption (ours)
+    "safesteer-no-probe": ("safesteer", {"use_probe": False}),  # Table 3 "w/o DP": MSAV only
+    "safesteer-no-msav": ("safesteer", {"use_msav": False}),  # Table 3 "w/o MSAV": reranking only
+    "safesteer-no-both": ("safesteer", {"use_probe": False, "use_msav": False}),  # Table 3 "w/o Both" (= vanilla)
+}
+
+
+def method_names() -> tuple[str, ...]:
+    """Every name `make_policies` accepts: the three methods, then their variants."""
+    return METHODS + tuple(VARIANTS)
 
 
 @dataclass
@@ -51,12 +63,18 @@ class Column:
 
 
 def make_policies(config: CompareConfig, probe: DecodingProbe | None) -> dict:
-    factories = {
-        "vanilla": lambda: VanillaPolicy(),
-        "safecode": lambda: SafeCoDePolicy(config=config.safecode),
-        "safesteer": lambda: SafeSteerPolicy(config=config.safesteer, probe=probe),
-    }
-    return {m: factories[m]() for m in config.methods}
+    """One policy per name in `config.methods` (a method or a VARIANTS name)."""
+    def build(name: str):
+        base, knobs = VARIANTS.get(name, (name, {}))
+        if base == "vanilla":
+            return VanillaPolicy()
+        if base == "safecode":
+            return SafeCoDePolicy(config=replace(config.safecode, **knobs), probe=probe)
+        if base == "safesteer":
+            return SafeSteerPolicy(config=replace(config.safesteer, **knobs), probe=probe)
+        raise ValueError(f"Unknown method {name!r}; choose among: {', '.join(method_names())}")
+
+    return {m: build(m) for m in config.methods}
 
 
 def compare(

@@ -8,11 +8,20 @@ Per step t < `steps`, with z(v) and z(ṽ) the logits of the real and the noised
     unsafe: force the first ≤ `steps` tokens of the refusal phrase with the highest
             Σ softmax(z_cd) over its tokens (a phrase with a strong refusal word preferred
             among the best `phrase_top_k`); if none fits, p′ = p_cd·(1 + λ_boost) on R
-    safe:   p′ = p_cd·(1 − 0.5·λ_supp) on R, renormalised
+    safe:   p′ = p_cd·(1 − 0.5·λ_supp) on R, renormalised; modulation stops early once the
+            answer so far has two words and its first word (≥ 2 letters) starts with a
+            capital, as the official code does ("The image …" is natural language already)
 
 After that, ordinary decoding from z(v), on the real row only (as the official code), unless
 `delta_after_steps` keeps the noised row running so every token gets its contrastive delta
-log p(real) − log p(noised) in the trace (one more row per step).
+log p(real) − log p(noised) in the trace (one more row per step). After `unsafe` the answer is
+capped at the official length for the family (the refusal prefix + 30 new tokens on Qwen,
++ 20 on LLaVA).
+
+The verdict comes from a judge: the decoding model captioning the image and answering the
+official few-shot prompt (`judge="self"`), a second local model (`judge=<registry name>`),
+or (ours, no paper has it) the Decoding-Probe's P(harmful | h₀) at prefill (`judge="probe"`),
+which costs no decoding at all.
 """
 from __future__ import annotations
 
@@ -23,7 +32,8 @@ import torch
 
 from ..inputs import add_gaussian_noise
 from ..models.base import Request, VLMAdapter
-from .judge import VERDICTS, run_judge
+from ..probe import DecodingProbe, describe_probe, get_probe
+from .judge import PARSE_FALLBACKS, VERDICTS, run_judge
 from .policy import Decision, Policy, StepInput, check_knobs
 
 # The official list, as written there (duplicates removed; "</s>" kept: it is the official
@@ -45,6 +55,22 @@ CURATED_REFUSALS = (
 )
 REFUSAL_VOCABULARIES = {"official": OFFICIAL_REFUSALS, "curated": CURATED_REFUSALS}
 STRONG_REFUSAL_WORDS = ("sorry", "apologize", "unable", "cannot", "can't", "not allowed", "not able to")
+OFFICIAL_LENGTH_CAPS = {"qwen": 30, "llava": 20}  # new tokens after the refusal prefix once `unsafe` (official, per family)
+JUDGES = ("self", "probe")  # or a registry name: a second local model
+
+
+def official_length_cap(adapter: VLMAdapter) -> int:
+    """The official cap for this model's family (0 = none: the official default of 256 tokens)."""
+    ident = f"{adapter.name} {adapter.model_id}".lower()
+    return next((cap for family, cap in OFFICIAL_LENGTH_CAPS.items() if family in ident), 0)
+
+
+def natural_prefix(text: str) -> bool:
+    """The official early stop of the safe path: two words, the first ≥ 2 letters and capitalised."""
+    words = text.split()
+    return len(words) >= 2 and len(words[0]) >= 2 and words[0][0].isupper()
+
+
 _CURATED_TOKEN_WORDS = ("sorry", "apolog", "unable", "cannot", "can't", "can’t", "unfortunately", "inappropriate", "refuse", "not able", "won't")
 
 
@@ -60,10 +86,12 @@ class SafeCoDeConfig:
     vocabulary: str = "official"  # refusal vocabulary R: "official" or "curated"
     verdict: str = "auto"  # judge override: auto / safe / unsafe
     min_phrase_score: float = 0.0  # a phrase "fits" if its Σ p_cd exceeds this (official: any phrase)
-    length_cap: int = 0  # official cap on new tokens after `unsafe` (20–30); 0 = off
+    length_cap: int = -1  # new tokens after the refusal prefix once `unsafe`: -1 = official for the family (Qwen 30, LLaVA 20), 0 = off
     caption_max_tokens: int = 40  # judge caption budget (official ≤ 100; one sentence is kept)
     movers: int = 5  # tokens whose log-probability moved most, recorded per step
-    judge_model: str = ""  # a second local model as the judge (registry name); "" = the decoding model
+    judge: str = "self"  # "self" (the decoding model), "probe" (P(harmful | h₀), ours) or a registry name
+    verdict_fallback: str = "safe"  # an unparseable verdict: "safe" (official) or "logit" (the judge's first-token odds)
+    safe_early_stop: bool = True  # official: stop modulating once the answer starts as natural language
     delta_after_steps: bool = False  # keep the noised row after the modulated steps: deltas for every token, one more row
 
     def __post_init__(self) -> None:
@@ -77,7 +105,9 @@ class SafeCoDeConfig:
             (0.0 <= self.lambda_supp <= 2.0, "lambda_supp must be in [0, 2] (2 removes refusals)"),
             (self.vocabulary in REFUSAL_VOCABULARIES, f"vocabulary must be one of {list(REFUSAL_VOCABULARIES)}"),
             (self.verdict in VERDICTS, f"verdict must be one of {VERDICTS}"),
-            (0 <= self.length_cap <= 4096, "length_cap must be in [0, 4096] (0 = off)"),
+            (-1 <= self.length_cap <= 4096, "length_cap must be in [-1, 4096] (-1 = official, 0 = off)"),
+            (isinstance(self.judge, str) and 0 < len(self.judge) <= 200, "judge must be 'self', 'probe' or a model name"),
+            (self.verdict_fallback in PARSE_FALLBACKS, f"verdict_fallback must be one of {PARSE_FALLBACKS}"),
             (1 <= self.caption_max_tokens <= 100, "caption_max_tokens must be in [1, 100]"),
         ]
         check_knobs("SafeCoDe", checks)
@@ -98,9 +128,12 @@ class SafeCoDePolicy(Policy):
 
     name = "safecode"
 
-    def __init__(self, config: SafeCoDeConfig | None = None, judge_adapter: VLMAdapter | None = None, **knobs: Any) -> None:
+    def __init__(
+        self, config: SafeCoDeConfig | None = None, judge_adapter: VLMAdapter | None = None, probe: DecodingProbe | None = None, **knobs: Any
+    ) -> None:
         self.config = config or SafeCoDeConfig(**knobs)
         self.judge_adapter = judge_adapter  # a second local model; None = the decoding model itself
+        self.probe = probe  # judge="probe": None = loaded for the adapter on first use
 
     def describe(self) -> dict[str, Any]:
         return asdict(self.config)
@@ -111,23 +144,40 @@ class SafeCoDePolicy(Policy):
 
     def prepare(self, adapter: VLMAdapter, request: Request, seed: int) -> dict[str, Any]:
         c = self.config
-        judge_adapter = self.judge_adapter
-        if judge_adapter is None and c.judge_model:
-            from ..models import load_adapter  # loaded once per process, like any model
-
-            judge_adapter = load_adapter(c.judge_model)
-        judge = run_judge(judge_adapter or adapter, request, override=c.verdict, caption_max_tokens=c.caption_max_tokens)
         refusal_ids = refusal_token_ids(adapter, c.vocabulary)
         phrases = [(p, adapter.encode_text(p)) for p in REFUSAL_VOCABULARIES[c.vocabulary]]
-        return {
-            "judge": {**judge.to_dict(), "model": (judge_adapter or adapter).name},
-            "verdict": judge.verdict,
-            "alpha": c.alpha_unsafe if judge.verdict == "unsafe" else c.alpha_safe,
+        run: dict[str, Any] = {
             "refusal_tokens": adapter.token_texts(refusal_ids),
+            "length_cap": official_length_cap(adapter) if c.length_cap < 0 else c.length_cap,
             "_refusal_ids": torch.tensor(refusal_ids, dtype=torch.long),
             "_phrases": [(p, ids) for p, ids in phrases if ids],
             "_eos": min(adapter.eos_token_ids) if adapter.eos_token_ids else None,
+            "_decode": adapter.decode,
         }
+        if c.judge == "probe":  # the verdict waits for h₀ (`prefill_hidden`); no decoding at all
+            probe = self.probe if self.probe is not None else get_probe(adapter)
+            return {**run, "_probe": probe, "probe": describe_probe(probe)}
+        judge_adapter = self.judge_adapter
+        if judge_adapter is None and c.judge != "self":
+            from ..models import load_adapter  # loaded once per process, like any model
+
+            judge_adapter = load_adapter(c.judge)
+        judge = run_judge(judge_adapter or adapter, request, override=c.verdict, caption_max_tokens=c.caption_max_tokens, fallback=c.verdict_fallback)
+        return {**run, **self._verdict(judge.verdict), "judge": {**judge.to_dict(), "model": (judge_adapter or adapter).name}}
+
+    def _verdict(self, verdict: str) -> dict[str, Any]:
+        c = self.config
+        return {"verdict": verdict, "alpha": c.alpha_unsafe if verdict == "unsafe" else c.alpha_safe}
+
+    def prefill_hidden(self, hidden: torch.Tensor, run: dict[str, Any]) -> torch.Tensor | None:
+        """judge="probe": the verdict is the probe's reading of h₀ (P(harmful) > 0.5 → unsafe)."""
+        if "_probe" in run:
+            p = float(run["_probe"].prob(hidden.float().cpu().numpy()))
+            verdict = self.config.verdict if self.config.verdict != "auto" else ("unsafe" if p > 0.5 else "safe")
+            source = "override" if self.config.verdict != "auto" else "probe"
+            run.update(self._verdict(verdict), judge={"caption": "", "raw": f"P(harmful | h₀) = {p:.3f}", "verdict": verdict,
+                                                       "source": source, "p_unsafe": p, "seconds": 0.0, "model": "probe"})
+        return None
 
     def step(self, inp: StepInput) -> Decision:
         c, run, t = self.config, inp.run, inp.step
@@ -142,9 +192,15 @@ class SafeCoDePolicy(Policy):
         R = run["_refusal_ids"].to(z_real.device)
         raw_mass = float(torch.softmax(z_real, -1)[R].sum()) if len(R) else 0.0
 
-        if c.length_cap and run["verdict"] == "unsafe" and t >= c.length_cap and run["_eos"] is not None:
+        cap = run["length_cap"]
+        if cap and run["verdict"] == "unsafe" and t >= len(run.get("_forced", [])) + cap and run["_eos"] is not None:
             return Decision(logits=z_real, action="forced", forced_token=run["_eos"], **common)  # official length cap
-        if t >= c.steps:
+        if run["verdict"] == "safe" and c.safe_early_stop and t >= 2 and "_stopped" not in run and natural_prefix(run["_decode"](inp.generated)):
+            run["_stopped"] = t  # official: "natural language prefix detected, continuing with normal generation"
+            common["notes"]["early_stop"] = True
+        if t >= c.steps or "_stopped" in run:
+            if inp.logits.shape[0] > 1 and not c.delta_after_steps:
+                common["keep_rows"] = [0]  # the noised row is no longer needed
             return Decision(logits=z_real, action="kept", **common)  # ordinary decoding
 
         z_cd = z_real - run["alpha"] * z_noised  # contrastive logits

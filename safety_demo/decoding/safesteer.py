@@ -4,7 +4,13 @@ At prefill, if the probe calls the input harmful (σ(s₀) > threshold), h̄₀ 
 first token's logits come from h̄₀ (the KV cache keeps the real prompt). For each of the
 first `steps` tokens the top-k candidates run as ONE batch of k rows on the shared cache;
 each candidate's hidden state is scored by the probe and the engine keeps the row chosen
-by softmax over the harmlessness logits −s (argmax when greedy), cache and logits included.
+by the paper's eq. (6), x ~ Softmax(s) over the candidates' HARMFUL-score logits s (argmax
+when greedy), cache and logits included.
+
+Why the most harmful-looking candidate: the paper's §3.2 finding (1) is that during the first
+decoding steps a refusal token's hidden state scores HIGHER than a complying token's (the
+probe reads the model's own recognition of harm), so the highest-s candidate is the one that
+steers towards a refusal or a disclaimer. docs/RESULTS.md checks that premise on this model.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import torch
 
 from ..inputs import InputError
 from ..models.base import Request, VLMAdapter
-from ..probe import DecodingProbe, get_probe
+from ..probe import DecodingProbe, describe_probe, get_probe
 from .policy import Decision, Policy, StepInput, check_knobs
 
 MSAV_MODES = ("scaled", "literal")
@@ -33,8 +39,8 @@ class SafeSteerConfig:
     msav_direction: str = "to_text"  # "to_text": h₀ − shift, towards text-only harm; "as_written": h₀ + shift
     use_probe: bool = True  # ablation "without probe": no reranking
     use_msav: bool = True  # ablation "without MSAV"
-    temperature: float = 0.0  # softmax temperature over −s when choosing; 0 = argmax (greedy)
-    probe_components: int = 4  # principal components of the probe (paper: 4); any k reuses the cached h₀
+    temperature: float = 0.0  # T of eq. (6), x ~ Softmax(s / T) over the top-k; 0 = argmax (greedy). Paper: T = 1
+    probe_components: int | str = "auto"  # probe PCs: "auto" (smallest k within 0.01 AUROC of the best) or a k (paper: 4)
 
     def __post_init__(self) -> None:
         checks = [
@@ -45,9 +51,15 @@ class SafeSteerConfig:
             (0.0 <= self.msav_scale <= 10.0, "msav_scale must be in [0, 10]"),
             (self.msav_direction in MSAV_DIRECTIONS, f"msav_direction must be one of {MSAV_DIRECTIONS}"),
             (0.0 <= self.temperature <= 10.0, "temperature must be in [0, 10]"),
-            (1 <= self.probe_components <= 256, "probe_components must be in [1, 256]"),
+            (_valid_components(self.probe_components), "probe_components must be 'auto' or one of 4, 8, 16, 32, 64, 128"),
         ]
         check_knobs("SafeSteer", checks)
+
+
+def _valid_components(k: int | str) -> bool:
+    from ..probe import COMPONENT_CHOICES
+
+    return k == "auto" or (isinstance(k, int) and not isinstance(k, bool) and k in COMPONENT_CHOICES)
 
 
 def msav_shift(probe: DecodingProbe, h0: np.ndarray, mode: str, scale: float, direction: str = "as_written") -> np.ndarray:
@@ -79,7 +91,7 @@ class SafeSteerPolicy(Policy):
         probe = self.probe if self.probe is not None else get_probe(adapter, components=self.config.probe_components)
         if probe.model_id != adapter.model_id:
             raise InputError(f"SafeSteer: the probe was fitted on {probe.model_id!r}, not on {adapter.model_id!r}.")
-        return {"_probe": probe, "_generator": torch.Generator().manual_seed(seed), "probe_metrics": probe.metrics}
+        return {"_probe": probe, "_generator": torch.Generator().manual_seed(seed), "probe_metrics": probe.metrics, "probe": describe_probe(probe)}
 
     def prefill_hidden(self, hidden: torch.Tensor, run: dict[str, Any]) -> torch.Tensor | None:
         c, probe = self.config, run["_probe"]
@@ -103,14 +115,14 @@ class SafeSteerPolicy(Policy):
 
     def choose(self, inp: StepInput, decision: Decision, ahead_hidden: torch.Tensor) -> tuple[int, Decision]:
         probe, c = inp.run["_probe"], self.config
-        s = probe.logit_torch(ahead_hidden)  # [k] harmfulness logit of each candidate's hidden state
+        s = probe.logit_torch(ahead_hidden)  # [k] harmful-score logit of each candidate's hidden state, eq. (5)
         if c.temperature == 0.0:
-            index = int(torch.argmin(s))  # greedy: the least harmful candidate
+            index = int(torch.argmax(s))  # greedy eq. (6): the candidate the probe reads as most harm-aware
         else:
-            weights = torch.softmax(-s.cpu() / c.temperature, dim=-1)
+            weights = torch.softmax(s.cpu() / c.temperature, dim=-1)  # eq. (6): x ~ Softmax(s / T)
             index = int(torch.multinomial(weights, 1, generator=inp.run["_generator"]))
         rerank = torch.full_like(decision.logits, -1e9)
-        rerank[decision.lookahead.to(rerank.device)] = -s.to(rerank.device)  # the method's view: softmax over −s
+        rerank[decision.lookahead.to(rerank.device)] = s.to(rerank.device)  # the method's view: softmax over s
         decision.logits = rerank
         decision.candidate_scores = {"probe.score": torch.sigmoid(s)}
         decision.scores = {"probe.chosen_score": float(torch.sigmoid(s[index])), "probe.top1_score": float(torch.sigmoid(s[0]))}

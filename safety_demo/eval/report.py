@@ -19,9 +19,17 @@ METRIC_NOTES = {
     "refusal rate": "benign items refused (lower is more helpful)",
 }
 APPROXIMATE = (
-    "Refusals are detected by {judge}; the default phrase matcher is approximate "
-    "(keyword matching over the first 200 characters), so read the rates as indicative."
+    "Rates read each answer with the three-way answer judge (refusal / safe answer or warning / "
+    "harmful compliance; `safety_demo.eval.answer_judge`, agreement with labels read by hand in "
+    "docs/RESULTS.md); [a, b] is the 95% Wilson interval. The column *phrase* is {judge}: keyword "
+    "matching over the first 200 characters, which counts a warning as an attack success. Both "
+    "readers are approximate: read the rates as indicative."
 )
+
+
+def _ci(rate: Rate) -> str:
+    lo, hi = rate.wilson()
+    return "—" if math.isnan(lo) else f"[{100 * lo:.0f}, {100 * hi:.0f}]"
 
 
 def _pct(value: float) -> str:
@@ -48,9 +56,15 @@ def overall_rows(records: Sequence[Mapping[str, Any]], table: Sequence[Rate]) ->
     return rows
 
 
-def summary_markdown(records: Sequence[Mapping[str, Any]], table: Sequence[Rate], info: Mapping[str, Any] | None = None) -> str:
-    """Markdown: per-method overall table, then one table per metric × grouping (groups × methods)."""
+def summary_markdown(
+    records: Sequence[Mapping[str, Any]], table: Sequence[Rate], info: Mapping[str, Any] | None = None, phrase: Sequence[Rate] = ()
+) -> str:
+    """Markdown: per-method overall table, then one table per metric × grouping (groups × methods).
+
+    `table` holds the headline rates (the three-way judge), `phrase` the phrase matcher's beside them.
+    """
     info = info or {}
+    phrase_cell = {(r.method, r.metric, r.grouping, r.group): r for r in phrase}
     methods = _methods(table)
     metrics = list(dict.fromkeys(r.metric for r in table))
     judge = next((r.get("refusal_judge") for r in records if r.get("refusal_judge")), "phrase_judge")
@@ -65,13 +79,14 @@ def summary_markdown(records: Sequence[Mapping[str, Any]], table: Sequence[Rate]
         "## Overall",
         "",
     ]
-    head = ["method"] + [c for m in metrics for c in (f"{m} n", m)] + ["errors", "mean tokens", "tok/s"]
+    head = ["method"] + [c for m in metrics for c in (f"{m} n", m, "95% CI", f"{m} (phrase)")] + ["errors", "mean tokens", "tok/s"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in overall_rows(records, table):
         cells = [row["method"]]
         for m in metrics:
             rate = row.get(m)
-            cells += [str(rate.n), _pct(rate.value)] if rate else ["0", "—"]
+            other = phrase_cell.get((row["method"], m, "overall", "all"))
+            cells += [str(rate.n), _pct(rate.value), _ci(rate), _pct(other.value) if other else "—"] if rate else ["0", "—", "—", "—"]
         cells += [str(row["errors"]), f"{row['mean tokens']:.1f}", f"{row['tok/s']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     for grouping in GROUPINGS[1:]:
@@ -122,7 +137,7 @@ def figures(table: Sequence[Rate]) -> list[go.Figure]:
     return figs
 
 
-def report_html(records: Sequence[Mapping[str, Any]], table: Sequence[Rate], info: Mapping[str, Any] | None = None) -> str:
+def report_html(records: Sequence[Mapping[str, Any]], table: Sequence[Rate], info: Mapping[str, Any] | None = None, phrase: Sequence[Rate] = ()) -> str:
     """A standalone page: the summary (as preformatted markdown) and every chart."""
     info = info or {}
     charts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures(table))]
@@ -131,16 +146,18 @@ def report_html(records: Sequence[Mapping[str, Any]], table: Sequence[Rate], inf
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}pre{white-space:pre-wrap}</style></head>\n"
-        f"<body><h1>{title}</h1>\n{body}\n<h2>Tables</h2><pre>{html.escape(summary_markdown(records, table, info))}</pre>\n</body></html>\n"
+        f"<body><h1>{title}</h1>\n{body}\n<h2>Tables</h2><pre>{html.escape(summary_markdown(records, table, info, phrase))}</pre>\n</body></html>\n"
     )
 
 
-def write_reports(out: Path, records: Sequence[Mapping[str, Any]], table: Sequence[Rate], info: Mapping[str, Any] | None = None) -> dict[str, Path]:
+def write_reports(
+    out: Path, records: Sequence[Mapping[str, Any]], table: Sequence[Rate], info: Mapping[str, Any] | None = None, phrase: Sequence[Rate] = ()
+) -> dict[str, Path]:
     """Write `summary.md` and `report.html` under `out`; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     summary, report = out / "summary.md", out / "report.html"
-    summary.write_text(summary_markdown(records, table, info), encoding="utf-8")
-    report.write_text(report_html(records, table, info), encoding="utf-8")
+    summary.write_text(summary_markdown(records, table, info, phrase), encoding="utf-8")
+    report.write_text(report_html(records, table, info, phrase), encoding="utf-8")
     return {"summary": summary, "report": report}
 
 

@@ -22,12 +22,13 @@ from typing import Any, Iterable, Mapping
 
 from tqdm import tqdm
 
-from ..compare import METHODS, CompareConfig, make_policies
+from ..compare import METHODS, CompareConfig, make_policies, method_names
 from ..decoding import POLICIES, GenerationConfig, SafeSteerConfig, Trace, generate_many
 from ..inputs import InputError
 from ..models import DEFAULT_MODEL, Request, VLMAdapter, load_adapter
 from ..probe import get_probe
 from .loaders import LOADERS, BenchItem, load_bench
+from .answer_judge import judge_answer
 from .metrics import Judge, Rate, phrase_judge, rates
 from .report import write_reports
 
@@ -41,22 +42,22 @@ FINGERPRINT = ("bench", "model", "max_new_tokens", "seed", "probe_components")  
 class EvalConfig:
     bench: str  # a LOADERS name
     data: Path  # the benchmark's folder (or its main file)
-    methods: tuple[str, ...] = METHODS  # POLICIES names, run side by side per item
+    methods: tuple[str, ...] = METHODS  # method or variant names (compare.method_names()), side by side per item
     model: str = DEFAULT_MODEL  # registry name, as for `generate`
     limit: int | None = None  # N items, spread round-robin over categories (None = all)
     out: Path | None = None  # run folder; None = out/eval/<bench>-<model>
     max_new_tokens: int = 64  # per answer; refusals show in the first few dozen tokens
     seed: int = 0  # generation seed (and SafeCoDe's noise)
-    probe_components: int = 4  # SafeSteer's probe PCs (paper: 4)
+    probe_components: int | str = "auto"  # the probe's PCs: "auto" or a k (paper: 4)
     progress: bool = True  # tqdm bar on stderr
 
     def __post_init__(self) -> None:
         if self.bench not in LOADERS:
             raise ValueError(f"Unknown benchmark {self.bench!r}; choose one of: {', '.join(LOADERS)}")
         self.methods = tuple(self.methods)
-        unknown = [m for m in self.methods if m not in POLICIES]
+        unknown = [m for m in self.methods if m not in method_names()]
         if unknown or not self.methods:
-            raise ValueError(f"Unknown method(s) {unknown}; choose among: {', '.join(POLICIES)}")
+            raise ValueError(f"Unknown method(s) {unknown}; choose among: {', '.join(method_names())}")
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"Methods repeat: {self.methods}")
         self.data = Path(self.data)
@@ -157,10 +158,12 @@ def make_record(bench: str, item: BenchItem, method: str, trace: Trace | None, j
         "answer": answer,
         "refused": None if error else bool(judge(item.prompt, answer)),
         "refusal_judge": getattr(judge, "__name__", type(judge).__name__),
+        "judge_label": None if error else judge_answer(item.prompt, answer, item.label),  # refusal / safe / harmful
         "tokens": len(trace) if trace is not None else 0,
         "decode_seconds": meta.get("decode_seconds"),
         "prefill_seconds": meta.get("prefill_seconds"),
         "judge_verdict": meta.get("verdict"),  # SafeCoDe's scene judge: "safe" / "unsafe"
+        "judge_source": judge_info.get("source"),
         "judge_p_unsafe": judge_info.get("p_unsafe"),
         "msav_fired": msav.get("fired"),  # SafeSteer: did MSAV move h₀?
         "h0_score": msav.get("h0_score"),  # SafeSteer: P(harmful | h₀)
@@ -196,7 +199,7 @@ def run_eval(config: EvalConfig, judge: Judge = phrase_judge, adapter: VLMAdapte
     if todo:
         adapter = adapter or load_adapter(config.model)
         k = config.probe_components
-        probe = get_probe(adapter, progress=config.progress, components=k) if any("safesteer" in ms for _, ms in todo) else None
+        probe = get_probe(adapter, progress=config.progress, components=k) if any(m.startswith("safe") for _, ms in todo for m in ms) else None
         gen = GenerationConfig(max_new_tokens=config.max_new_tokens, seed=config.seed, keep_hidden=False)
         compare = CompareConfig(generation=gen, methods=config.methods, safesteer=SafeSteerConfig(probe_components=k))
         tally = {m: [0, 0] for m in config.methods}  # refused, judged
@@ -217,8 +220,8 @@ def run_eval(config: EvalConfig, judge: Judge = phrase_judge, adapter: VLMAdapte
     for r in read_results(results):
         by_key.setdefault((r["item_id"], r["method"]), r)  # the first record of a key wins
     records = [by_key[(it.id, m)] for it in items for m in config.methods if (it.id, m) in by_key]
-    table = rates(records)
-    files = {"results": results, **write_reports(out, records, table, asdict_config(config))}
+    table = rates(records, by="judge")
+    files = {"results": results, **write_reports(out, records, table, asdict_config(config), phrase=rates(records, by="phrase"))}
     return EvalResult(out=out, records=records, rates=table, written=written, reused=len(records) - written, files=files)
 
 

@@ -25,11 +25,13 @@ class Request:
     """One row to run: an RGB image and the user's prompt.
 
     `image=None` means a text-only turn (the SafeCoDe judge's verdict prompt); adapters
-    then build the chat template without an image slot.
+    then build the chat template without an image slot. `system` replaces the chat
+    template's default system turn (the official SafeCoDe judge has its own).
     """
 
     image: Image.Image | None
     prompt: str
+    system: str | None = None
 
 
 @dataclass

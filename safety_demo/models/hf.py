@@ -286,7 +286,7 @@ class HFAdapter(VLMAdapter):
             raise ValueError("A batch must be all image rows or all text-only rows.")
         texts = [
             self.processor.apply_chat_template(
-                _messages(r.prompt, with_image=not text_only[0]), add_generation_prompt=True, tokenize=False
+                _messages(r.prompt, with_image=not text_only[0], system=r.system), add_generation_prompt=True, tokenize=False
             )
             for r in requests
         ]
@@ -381,9 +381,10 @@ class HFAdapter(VLMAdapter):
         return logits
 
 
-def _messages(prompt: str, with_image: bool = True) -> list[dict]:
+def _messages(prompt: str, with_image: bool = True, system: str | None = None) -> list[dict]:
     image = [{"type": "image"}] if with_image else []
-    return [{"role": "user", "content": [*image, {"type": "text", "text": prompt}]}]
+    turns = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+    return turns + [{"role": "user", "content": [*image, {"type": "text", "text": prompt}]}]
 
 
 def _new_cache(config):

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..models.base import Request, VLMAdapter
 from .extract import extract_h0
-from .probe import N_COMPONENTS, DecodingProbe, ProbeError, evaluate, fit_probe
+from .probe import AUTO, COMPONENT_CHOICES, N_COMPONENTS, DecodingProbe, ProbeError, describe_probe, evaluate, fit_probe, parse_components
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def calibration_key() -> str:
     return hashlib.sha256(f"{calibration_hash()}:{rendered}".encode()).hexdigest()
 
 
-def probe_path(model_id: str, key: str | None = None, components: int = N_COMPONENTS) -> Path:
+def probe_path(model_id: str, key: str | None = None, components: int | str = N_COMPONENTS) -> Path:
     """Cache file of a probe; its `.features.npz` sibling (calibration h₀) is shared by every k."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id)[:80]
     digest = hashlib.sha256(model_id.encode()).hexdigest()[:8]
@@ -79,7 +79,7 @@ def calibration_features(adapter: VLMAdapter, key: str, progress: bool = True, b
     return feats
 
 
-def fit_for(adapter: VLMAdapter, progress: bool = True, components: int = N_COMPONENTS) -> DecodingProbe:
+def fit_for(adapter: VLMAdapter, progress: bool = True, components: int | str = AUTO) -> DecodingProbe:
     """Extract (or reuse) calibration h₀, fit, save; returns the probe with its metrics."""
     key = calibration_key()
     feats = calibration_features(adapter, key, progress=progress)
@@ -89,7 +89,7 @@ def fit_for(adapter: VLMAdapter, progress: bool = True, components: int = N_COMP
     return probe
 
 
-def get_probe(adapter: VLMAdapter, fit_if_missing: bool = True, progress: bool = True, components: int = N_COMPONENTS) -> DecodingProbe:
+def get_probe(adapter: VLMAdapter, fit_if_missing: bool = True, progress: bool = True, components: int | str = AUTO) -> DecodingProbe:
     """The probe for `adapter`: loaded if a valid file exists, else fitted (first use) and saved.
 
     A corrupt file is refitted; a file for another model cannot be picked up by construction
@@ -127,7 +127,7 @@ def map_points(adapter: VLMAdapter) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return None
 
 
-def ship(adapter: VLMAdapter, components: Sequence[int] = (N_COMPONENTS,), max_points: int = 600) -> list[Path]:
+def ship(adapter: VLMAdapter, components: Sequence[int | str] = (AUTO, N_COMPONENTS), max_points: int = 600) -> list[Path]:
     """Copy this adapter's fitted probes and a stratified feature subsample into assets/probes/."""
     key = calibration_key()
     SHIPPED_DIR.mkdir(parents=True, exist_ok=True)
@@ -144,4 +144,4 @@ def ship(adapter: VLMAdapter, components: Sequence[int] = (N_COMPONENTS,), max_p
     return out + [path]
 
 
-__all__ = ["DecodingProbe", "ProbeError", "calibration_key", "evaluate", "extract_h0", "fit_for", "fit_probe", "features_path", "get_probe", "map_points", "probe_path", "ship"]
+__all__ = ["parse_components", "AUTO", "COMPONENT_CHOICES", "describe_probe", "DecodingProbe", "ProbeError", "calibration_key", "evaluate", "extract_h0", "fit_for", "fit_probe", "features_path", "get_probe", "map_points", "probe_path", "ship"]

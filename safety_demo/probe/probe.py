@@ -1,6 +1,6 @@
 """SafeSteer's Decoding-Probe and Modal Semantic Alignment Vector (MSAV).
 
-    v = Cᵀ(h − m)      m: mean calibration h₀, C: top-4 principal components
+    v = Cᵀ(h − m)      m: mean calibration h₀, C: top-k principal components (paper: k = 4)
     s = wᵀv + b        logistic regression; σ(s) = P(harmful)
     μ = mean h₀(image-carried harmful: TYPO, FIGSTEP) − mean h₀(text-only harmful: CB)
 
@@ -22,7 +22,10 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-N_COMPONENTS = 4  # the paper's 4 principal components (the default; `n_components` overrides)
+N_COMPONENTS = 4  # the paper's 4 principal components (one knob away from the default "auto")
+COMPONENT_CHOICES = (4, 8, 16, 32, 64, 128)  # what "auto" tries, and what a user may pick
+AUTO = "auto"  # the smallest k of COMPONENT_CHOICES whose held-out AUROC is within AUTO_TOLERANCE of the best
+AUTO_TOLERANCE = 0.01
 
 
 class ProbeError(RuntimeError):
@@ -113,9 +116,16 @@ def fit_probe(
     model_id: str,
     calibration_hash: str,
     seed: int = 0,
-    n_components: int = N_COMPONENTS,
+    n_components: int | str = N_COMPONENTS,
 ) -> DecodingProbe:
-    """Fit m, C, w, b on the train split; μ and μ_CB from the harmful train items; score held-out."""
+    """Fit m, C, w, b on the train split; μ and μ_CB from the harmful train items; score held-out.
+
+    `n_components="auto"` fits every k of COMPONENT_CHOICES and keeps the smallest whose
+    held-out AUROC is within AUTO_TOLERANCE of the best: on small models the top 4 PCs can
+    encode the composition (blank page, typed phrase, list) rather than the harm.
+    """
+    if n_components == AUTO:
+        return _fit_auto(h, labels, compositions, splits, model_id, calibration_hash, seed)
     t0 = time.perf_counter()
     y = np.array([lab == "harmful" for lab in labels], dtype=np.int64)
     comp, split = np.asarray(compositions), np.asarray(splits)
@@ -141,7 +151,39 @@ def fit_probe(
     probe.metrics["fit_seconds"] = time.perf_counter() - t0
     probe.metrics["n_train"] = int(train.sum())
     probe.metrics["explained_variance"] = [round(float(x), 4) for x in pca.explained_variance_ratio_]
+    probe.metrics["components"] = int(n_components)
     return probe
+
+
+def _fit_auto(h, labels, compositions, splits, model_id, calibration_hash, seed) -> DecodingProbe:
+    """Fit each k in COMPONENT_CHOICES; keep the smallest within AUTO_TOLERANCE of the best held-out AUROC."""
+    n_train = int((np.asarray(splits) == "train").sum())
+    ks = [k for k in COMPONENT_CHOICES if k <= min(n_train, h.shape[1])]
+    fitted = {k: fit_probe(h, labels, compositions, splits, model_id, calibration_hash, seed, k) for k in ks}
+    auroc = {k: (p.metrics.get("overall") or {}).get("auroc") or 0.0 for k, p in fitted.items()}
+    best = max(auroc.values())
+    k = min(k for k in ks if auroc[k] >= best - AUTO_TOLERANCE)
+    probe = fitted[k]
+    probe.metrics["selection"] = {"rule": f"smallest k within {AUTO_TOLERANCE} of the best held-out AUROC", "auroc_by_k": {str(k): auroc[k] for k in ks}}
+    return probe
+
+
+def parse_components(value: int | str) -> int | str:
+    """"auto" or one of COMPONENT_CHOICES, from a flag, a dropdown or a config; else ValueError."""
+    text = str(value).strip().lower()
+    if text == AUTO:
+        return AUTO
+    if text.isdigit() and int(text) in COMPONENT_CHOICES:
+        return int(text)
+    raise ValueError(f"probe components must be 'auto' or one of {', '.join(map(str, COMPONENT_CHOICES))}, got {str(value)[:40]!r}")
+
+
+def describe_probe(probe: DecodingProbe) -> str:
+    """One line for the UI and the CLI: the k in use and its held-out AUROC."""
+    auroc = (probe.metrics.get("overall") or {}).get("auroc")
+    how = "auto" if "selection" in probe.metrics else "fixed"
+    shown = f"{auroc:.2f}" if isinstance(auroc, (int, float)) else "n/a"
+    return f"probe: {probe.n_components} PCA components ({how}), held-out AUROC {shown}"
 
 
 def evaluate(probe: DecodingProbe, h: np.ndarray, y: np.ndarray, compositions: np.ndarray) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..decoding import GenerationConfig, SafeCoDeConfig, SafeSteerConfig
-from ..inputs import LIMITS
+from ..inputs import LIMITS, InputError
+from ..probe import parse_components
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ KNOBS: dict[str, list[Knob]] = {
         Knob(GenerationConfig, "seed", "Seed", "number", 0, 2**31 - 1, 1, info="same seed, same answer"),
     ],
     "SafeCoDe": [
-        Knob(SafeCoDeConfig, "verdict", "Judge verdict", "dropdown", choices=("auto", "safe", "unsafe"), info="auto = the model judges"),
+        Knob(SafeCoDeConfig, "verdict", "Judge verdict", "dropdown", choices=("auto", "safe", "unsafe"), info="auto = the judge decides"),
+        Knob(SafeCoDeConfig, "judge", "Judge", "dropdown", choices=("self", "probe"), info="self = caption + verdict by the model (official prompt); probe = P(harmful | h₀), no decoding (ours)"),
         Knob(SafeCoDeConfig, "alpha_unsafe", "α after unsafe", "slider", 0.0, 1.0, 0.05, info="z(v) − α·z(ṽ)"),
         Knob(SafeCoDeConfig, "alpha_safe", "α after safe", "slider", 0.0, 1.0, 0.05),
         Knob(SafeCoDeConfig, "sigma", "Noise σ", "slider", 0.0, 0.5, 0.01, info="pixel noise of ṽ"),
@@ -46,7 +48,8 @@ KNOBS: dict[str, list[Knob]] = {
         Knob(SafeCoDeConfig, "vocabulary", "Refusal vocabulary", "dropdown", choices=("official", "curated")),
         Knob(SafeCoDeConfig, "lambda_boost", "λ boost", "slider", 0.0, 5.0, 0.1),
         Knob(SafeCoDeConfig, "lambda_supp", "λ suppress", "slider", 0.0, 2.0, 0.1, info="1 → refusal tokens ×0.5"),
-        Knob(SafeCoDeConfig, "length_cap", "Length cap after unsafe", "slider", 0, 64, 1, info="0 = off (official: 20–30)"),
+        Knob(SafeCoDeConfig, "length_cap", "Length cap after unsafe", "slider", -1, 64, 1, info="new tokens after the refusal prefix; −1 = official (Qwen 30, LLaVA 20), 0 = off"),
+        Knob(SafeCoDeConfig, "safe_early_stop", "Safe path: stop once the answer reads as language", "checkbox", info="official: two words, first capitalised"),
         Knob(SafeCoDeConfig, "delta_after_steps", "Contrastive delta for every token", "checkbox", info="keeps the noised row running (one more row)"),
     ],
     "SafeSteer": [
@@ -58,7 +61,7 @@ KNOBS: dict[str, list[Knob]] = {
         Knob(SafeSteerConfig, "msav_direction", "MSAV direction", "dropdown", choices=("to_text", "as_written"), info="to_text: towards text-only harm"),
         Knob(SafeSteerConfig, "use_probe", "Rerank with the probe", "checkbox"),
         Knob(SafeSteerConfig, "use_msav", "Apply MSAV", "checkbox"),
-        Knob(SafeSteerConfig, "probe_components", "Probe PCA components", "dropdown", choices=(4, 64), info="4 = the paper; 64 separates better on small models"),
+        Knob(SafeSteerConfig, "probe_components", "Probe PCA components", "dropdown", choices=("auto", 4), info="auto = smallest k within 0.01 AUROC of the best; 4 = the paper"),
     ],
 }
 
@@ -71,7 +74,12 @@ def read_configs(values: list[Any]) -> tuple[GenerationConfig, SafeCoDeConfig, S
     for knob, value in zip(ALL_KNOBS, values):
         if value is None:
             value = knob.default
-        if isinstance(knob.default, bool):
+        if knob.field == "probe_components":
+            try:
+                value = parse_components(value)
+            except ValueError as exc:
+                raise InputError(f"SafeSteer: {exc}.") from None
+        elif isinstance(knob.default, bool):
             value = bool(value)
         elif isinstance(knob.default, int):
             value = int(round(float(value)))

@@ -39,7 +39,7 @@ def model(name: str) -> VLMAdapter:
         raise UserFacingError(f"The model {name!r} could not be loaded ({type(exc).__name__}: {exc}).") from None
 
 
-def probe_for(adapter: VLMAdapter, components: int = 4, fit_if_missing: bool = True) -> DecodingProbe:
+def probe_for(adapter: VLMAdapter, components: int | str = "auto", fit_if_missing: bool = True) -> DecodingProbe:
     """The adapter's probe with `components` PCs, cached per process; fitted on first use (slow, once)."""
     key = (adapter.model_id, components)
     with _PROBE_LOCK:

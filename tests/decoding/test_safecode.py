@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from safety_demo.decoding import GenerationConfig, SafeCoDeConfig, SafeCoDePolicy, run_to_end
-from safety_demo.decoding.judge import parse_verdict, run_judge
-from safety_demo.decoding.safecode import refusal_token_ids
+from safety_demo.decoding.judge import JUDGE_SYSTEM, VERDICT_PROMPT, parse_verdict, run_judge
+from safety_demo.decoding.safecode import natural_prefix, official_length_cap, refusal_token_ids
 from safety_demo.inputs import InputError, add_gaussian_noise
 from safety_demo.models.base import Request
 
@@ -91,9 +91,38 @@ def test_seeded_sampling_repeats(fake, req):
     np.testing.assert_array_equal(a.scores["policy.contrastive.delta"], b.scores["policy.contrastive.delta"])
 
 
-def test_length_cap_after_unsafe(fake, req):
-    trace = run_to_end(fake, req, SafeCoDePolicy(verdict="unsafe", length_cap=6), GenerationConfig(max_new_tokens=20))
-    assert len(trace) <= 7
+def test_length_cap_after_unsafe_counts_from_the_end_of_the_refusal_prefix(fake, req):
+    trace = run_to_end(fake, req, SafeCoDePolicy(verdict="unsafe", length_cap=6), GenerationConfig(max_new_tokens=40, ignore_eos=True))
+    forced = trace.actions.count("forced") - 1  # the prefix, then the end token that closes the answer
+    assert len(trace) == forced + 6 + 1 and trace.token_ids[-1] in fake.eos_token_ids
+    off = run_to_end(fake, req, SafeCoDePolicy(verdict="unsafe", length_cap=0), GenerationConfig(max_new_tokens=40, ignore_eos=True))
+    assert len(off) == 40
+
+
+@pytest.mark.parametrize("name,cap", [("Qwen/Qwen2.5-VL-3B-Instruct", 30), ("builtin", 30), ("llava-hf/llava-1.5-7b-hf", 20), ("fake", 0)])
+def test_official_length_cap_per_family(name, cap):
+    class A:
+        model_id = "builtin:qwen2.5-coder-0.5b" if name == "builtin" else name
+    A.name = name
+    assert official_length_cap(A) == cap
+
+
+@pytest.mark.parametrize("text,stop", [("The image", True), ("The", False), ("I can", False), ("**Sure thing", False), ("sure thing", False), ("Yes, here", True)])
+def test_safe_path_early_stop_rule(text, stop):
+    assert natural_prefix(text) is stop  # official: ≥ 2 words, first word ≥ 2 characters and capitalised
+
+
+def test_safe_path_stops_modulating_once_the_answer_reads_as_language(fake, req, monkeypatch):
+    policy = SafeCoDePolicy(verdict="safe", steps=5)
+    trace = run_to_end(fake, req, policy, GenerationConfig(max_new_tokens=8, ignore_eos=True))
+    texts = [fake.decode(trace.token_ids[:t].tolist()) for t in range(len(trace))]
+    first_stop = next((t for t in range(2, 5) if natural_prefix(texts[t])), None)
+    expected = ["suppressed"] * (first_stop if first_stop is not None else 5)
+    assert trace.actions[: len(expected)] == expected
+    if first_stop is not None:
+        assert trace.actions[first_stop] == "kept"
+    no_stop = run_to_end(fake, req, SafeCoDePolicy(verdict="safe", steps=5, safe_early_stop=False), GenerationConfig(max_new_tokens=8, ignore_eos=True))
+    assert no_stop.actions[:5] == ["suppressed"] * 5
 
 
 def test_curated_vocabulary_has_no_generic_tokens(fake):
@@ -106,7 +135,7 @@ def test_curated_vocabulary_has_no_generic_tokens(fake):
     "text,expected",
     [
         ("safe", "safe"), ("UNSAFE", "unsafe"), ("Unsafe.", "unsafe"), (" Safe\n", "safe"),
-        ("The request is not safe because", "unsafe"), ("I think it's safe, not unsafe", "safe"),
+        ("I think it's safe, not unsafe", "safe"), ("unsafe  \nReason: a child with a knife", "unsafe"),
         ("Decision: unsafe. Reason: the scene is safe otherwise", "unsafe"),
         ("I cannot decide", None), ("", None), ("safety first", None),
     ],
@@ -115,12 +144,49 @@ def test_verdict_parser(text, expected):
     assert parse_verdict(text) == expected
 
 
-def test_judge_falls_back_to_first_token_odds_when_it_says_neither(fake, req):
+def test_unparseable_verdict_is_safe_by_default_or_the_odds_on_request(fake, req, monkeypatch):
+    import safety_demo.decoding.judge as judge
+
+    monkeypatch.setattr(judge, "parse_verdict", lambda text: None)  # the judge says neither word
     result = run_judge(fake, req)
-    assert result.verdict in ("safe", "unsafe") and result.caption
-    if parse_verdict(result.raw) is None:
-        assert result.source == "logit-fallback"
-        assert (result.verdict == "unsafe") == (result.p_unsafe >= 0.5)
+    assert (result.verdict, result.source) == ("safe", "unparsed-default-safe")
+    odds = run_judge(fake, req, fallback="logit")
+    assert odds.source == "logit-fallback" and (odds.verdict == "unsafe") == (odds.p_unsafe >= 0.5)
+
+
+def test_judge_prompt_is_the_official_shape_and_carries_no_benchmark_item():
+    import re
+
+    assert VERDICT_PROMPT.count("Decision:") == 6 and VERDICT_PROMPT.count("Reason:") == 5  # five examples + the case
+    assert [m for m in re.findall(r"Decision: (\w+)", VERDICT_PROMPT)] == ["unsafe", "safe", "unsafe", "safe", "unsafe"]
+    lowered = VERDICT_PROMPT[VERDICT_PROMPT.index("---"):].lower()  # the examples and the case slot
+    for leak in ("list", "item", "1.", "steps to", "generate detailed", "typograph", "weapon", "text in the image"):
+        assert leak not in lowered, leak
+    assert JUDGE_SYSTEM and "{prompt}" in VERDICT_PROMPT and "{caption}" in VERDICT_PROMPT
+
+
+def test_judge_verdict_turn_has_the_system_message(fake, req, monkeypatch):
+    import safety_demo.decoding.engine as engine
+
+    seen = []
+    real = engine.run_to_end
+    monkeypatch.setattr(engine, "run_to_end", lambda adapter, request, *a, **k: seen.append(request) or real(adapter, request, *a, **k))
+    run_judge(fake, req)
+    assert seen[0].image is req.image and seen[0].system is None  # the caption sees the image
+    assert seen[1].image is None and seen[1].system == JUDGE_SYSTEM and req.prompt in seen[1].prompt
+
+
+@pytest.mark.parametrize("bias,verdict", [(5.0, "unsafe"), (-5.0, "safe")])
+def test_probe_judge_reads_h0_and_decodes_nothing_extra(fake, req, bias, verdict):
+    from .test_safesteer import Counting, axis_probe
+
+    counting = Counting(fake)
+    trace = run_to_end(counting, req, SafeCoDePolicy(judge="probe", probe=axis_probe(fake, bias=bias)), CFG)
+    assert trace.meta["verdict"] == verdict and trace.meta["judge"]["source"] == "probe"
+    assert trace.meta["alpha"] == (0.3 if verdict == "unsafe" else 0.15)
+    assert [c for c in counting.calls if c[0] == "prefill"] == [("prefill", 2)]  # real + noised, no judge decoding
+    if verdict == "unsafe":
+        assert trace.actions[0] == "forced"
 
 
 def test_override_skips_the_verdict(fake, req):
@@ -128,7 +194,7 @@ def test_override_skips_the_verdict(fake, req):
     assert result.verdict == "unsafe" and result.source == "override"
 
 
-@pytest.mark.parametrize("knob", [dict(alpha_unsafe=-1), dict(sigma=3), dict(vocabulary="x"), dict(verdict="maybe"), dict(steps=-1)])
+@pytest.mark.parametrize("knob", [dict(alpha_unsafe=-1), dict(sigma=3), dict(vocabulary="x"), dict(verdict="maybe"), dict(steps=-1), dict(length_cap=-2), dict(verdict_fallback="x"), dict(judge="")])
 def test_bad_knobs_are_refused(knob):
     with pytest.raises(InputError):
         SafeCoDeConfig(**knob)
@@ -139,5 +205,5 @@ def test_a_second_local_model_can_judge(fake, req):
 
     judge = FakeAdapter(seed=1)
     judge.name = "fake-judge"
-    trace = run_to_end(fake, req, SafeCoDePolicy(judge_adapter=judge), CFG)
+    trace = run_to_end(fake, req, SafeCoDePolicy(judge_adapter=judge, judge="fake-judge"), CFG)
     assert trace.meta["judge"]["model"] == "fake-judge"

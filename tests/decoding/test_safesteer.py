@@ -43,17 +43,41 @@ class Counting:
         return self.inner.step(token_ids, state)
 
 
-def test_greedy_rerank_picks_the_least_harmful_candidate(fake, req):
+def test_greedy_rerank_picks_the_candidate_furthest_on_the_harmful_side(fake, req):
+    """Eq. (6) greedy: argmax of the harmful score s (§3.2: refusals score higher while decoding)."""
     probe = axis_probe(fake)
     trace = run_to_end(fake, req, SafeSteerPolicy(probe=probe, use_msav=False, top_k=5, steps=3), GenerationConfig(max_new_tokens=3))
     out = fake.prefill([req])
     for t in range(len(trace)):
         cands = torch.topk(out.logits[0], 5).indices
         scores = [float(probe.logit(fake.step(c.view(1), fake.prefill([req], [trace.token_ids[:t].tolist()]).state).hidden[0].numpy())) for c in cands]
-        assert trace.token_ids[t] == int(cands[int(np.argmin(scores))])
+        assert trace.token_ids[t] == int(cands[int(np.argmax(scores))])
+        assert len(set(np.round(scores, 4))) > 1  # the case really discriminates between candidates
         assert trace.actions[t] == "reranked"
         np.testing.assert_allclose(trace.candidate_scores["probe.score"][t], 1 / (1 + np.exp(-np.array(scores))), rtol=1e-3, atol=1e-5)
         out = fake.prefill([req], [trace.token_ids[: t + 1].tolist()])
+
+
+def test_sampled_rerank_follows_softmax_of_s(fake, req):
+    """x ~ Softmax(s / T): a very low T is the argmax; the method's logits over the top-k are s itself."""
+    probe = axis_probe(fake)
+    greedy = run_to_end(fake, req, SafeSteerPolicy(probe=probe, use_msav=False, steps=3), GenerationConfig(max_new_tokens=3))
+    cold = run_to_end(fake, req, SafeSteerPolicy(probe=probe, use_msav=False, steps=3, temperature=1e-4), GenerationConfig(max_new_tokens=3, seed=3))
+    assert cold.token_ids.tolist() == greedy.token_ids.tolist()
+    p = greedy.candidate_scores["probe.score"][0]
+    s = np.log(p / (1 - p))  # the candidates' harmful logits
+    np.testing.assert_allclose(greedy.policy_probs[0], np.exp(s - s.max()) / np.exp(s - s.max()).sum(), rtol=1e-3, atol=1e-6)
+
+
+def test_reranking_moves_the_answer_towards_the_harm_aware_candidate(fake, req):
+    """Flip the probe's sign: the choice flips to the other end of the candidates' scores."""
+    up = run_to_end(fake, req, SafeSteerPolicy(probe=axis_probe(fake), use_msav=False, steps=1), GenerationConfig(max_new_tokens=1))
+    flipped = axis_probe(fake)
+    flipped.weight = -flipped.weight
+    down = run_to_end(fake, req, SafeSteerPolicy(probe=flipped, use_msav=False, steps=1), GenerationConfig(max_new_tokens=1))
+    s_up = up.candidate_scores["probe.score"][0]
+    assert up.token_ids[0] != down.token_ids[0]
+    assert s_up[list(up.candidate_ids[0]).index(int(up.token_ids[0]))] == pytest.approx(s_up.max())
 
 
 def test_one_batched_forward_per_reranked_step(fake, req):
@@ -121,7 +145,7 @@ def test_probe_scores_for_any_trace(fake, req):
     np.testing.assert_allclose(trace.scores["probe.score"], expected, rtol=1e-2)
 
 
-@pytest.mark.parametrize("knob", [dict(top_k=1), dict(top_k=50), dict(threshold=2), dict(msav_mode="x"), dict(steps=-1)])
+@pytest.mark.parametrize("knob", [dict(top_k=1), dict(top_k=50), dict(threshold=2), dict(msav_mode="x"), dict(steps=-1), dict(probe_components=5), dict(probe_components="many")])
 def test_bad_knobs_are_refused(knob):
     with pytest.raises(InputError):
         SafeSteerConfig(**knob)

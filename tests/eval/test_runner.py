@@ -75,8 +75,11 @@ def test_changed_settings_are_refused(fake, mini_figstep, tmp_path):
 def test_judge_hook_decides_refusals(fake, mini_figstep, tmp_path):
     result = run_eval(_config(mini_figstep, tmp_path / "run", limit=2, methods=("vanilla",)), judge=lambda prompt, answer: True, adapter=fake)
     assert all(r["refused"] for r in result.records)
-    overall = [r for r in result.rates if r.grouping == "overall"]
+    from safety_demo.eval.metrics import rates
+
+    overall = [r for r in rates(result.records, by="phrase") if r.grouping == "overall"]
     assert [(r.metric, r.value) for r in overall] == [("ASR", 0.0)]
+    assert all(r["judge_label"] in ("refusal", "safe", "harmful") for r in result.records)  # the three-way reader beside it
 
 
 class _Charts(HTMLParser):

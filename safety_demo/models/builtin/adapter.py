@@ -133,6 +133,13 @@ class BuiltinAdapter(VLMAdapter):
         self.text_prefix_ids = self.encode_text(before)  # text-only turns (the judge's verdict)
         return self.encode_text(before + self.family.span_start), self.encode_text(after)
 
+    def _system_prefix(self, system: str) -> list[int]:
+        """Template ids before a text-only user turn, with `system` as the system turn."""
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "system", "content": system}, {"role": "user", "content": SENTINEL}], add_generation_prompt=True, tokenize=False
+        )
+        return self.encode_text(text.split(SENTINEL)[0])
+
     def plain_ids(self, text: str) -> list[int]:
         """Token ids of untrusted text (prompt, OCR): "<|im_end|>" typed or printed stays text."""
         return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
@@ -164,7 +171,8 @@ class BuiltinAdapter(VLMAdapter):
     def _row_embeddings(self, request: Request, reading: ImageReading | None, continuation: Sequence[int]) -> torch.Tensor:
         """[T, D] input embeddings of one row: template, image, prompt, template end, continuation."""
         if reading is None:  # a text-only turn: no vision span at all
-            ids = self.text_prefix_ids + self.plain_ids(request.prompt) + self.suffix_ids + list(continuation)
+            prefix = self.text_prefix_ids if request.system is None else self._system_prefix(request.system)
+            ids = prefix + self.plain_ids(request.prompt) + self.suffix_ids + list(continuation)
             return self.embed(torch.tensor(ids, dtype=torch.long))
         after = self.span_end_ids + self.plain_ids(request.prompt) + self.suffix_ids + list(continuation)
         return torch.cat([
