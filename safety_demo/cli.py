@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--model", default=DEFAULT_MODEL)
     fit.add_argument("--refit", action="store_true", help="refit even if a probe file exists (reuses cached h₀)")
     fit.add_argument("--components", type=_components, default="auto", help="PCA components: auto (smallest k within 0.01 AUROC of the best; default) or 4, 8, … 128 (paper: 4)")
-    fit.add_argument("--ship", action="store_true", help="also copy the probe and a map subsample into assets/probes/")
+    fit.add_argument("--ship", action="store_true", help="also copy the probe, the paper's 4-PC probe and the calibration h₀ into assets/probes/")
     return parser
 
 
@@ -173,7 +173,7 @@ def cmd_fit_probe(args: argparse.Namespace) -> int:
             auroc = "—" if row["auroc"] is None else f"{row['auroc']:.3f}"
             print(f"{name:10s} {row['n']:5d} {row['accuracy']:9.3f} {auroc:>7s}")
     if args.ship:
-        for path in ship(adapter, components=(args.components,)):
+        for path in ship(adapter, components=tuple(dict.fromkeys((args.components, 4)))):
             print(f"shipped {path}")
     return 0
 

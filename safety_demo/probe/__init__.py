@@ -56,12 +56,14 @@ def calibration_features(adapter: VLMAdapter, key: str, progress: bool = True, b
     from ..data.calibration import calibration_items, image_for
 
     path = features_path(adapter.model_id, key)
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        except Exception:
-            log.warning("feature cache %s unreadable; extracting again", path)
+    for candidate in (path, SHIPPED_DIR / path.name):  # this machine's cache, else the project's (every k refits in a second)
+        if candidate.is_file():
+            try:
+                with np.load(candidate, allow_pickle=False) as z:
+                    if "splits" in z.files:
+                        return {k: (z[k].astype(np.float32) if k == "h" else z[k]) for k in z.files}
+            except Exception:
+                log.warning("feature cache %s unreadable; extracting again", candidate)
     items = calibration_items(compositions=_compositions())
     rows = [lambda it=it: Request(image_for(it), it.prompt) for it in items]
     t0 = time.perf_counter()
@@ -115,7 +117,7 @@ def get_probe(adapter: VLMAdapter, fit_if_missing: bool = True, progress: bool =
 
 def map_points(adapter: VLMAdapter) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Calibration h₀, labels and compositions for the hidden-state map: the feature cache,
-    else the subsample shipped with a shipped probe, else None."""
+    else the h₀ shipped with a shipped probe, else None."""
     cached = features_path(adapter.model_id)
     for path in (cached, SHIPPED_DIR / cached.name):
         if path.is_file():
@@ -127,20 +129,22 @@ def map_points(adapter: VLMAdapter) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return None
 
 
-def ship(adapter: VLMAdapter, components: Sequence[int | str] = (AUTO, N_COMPONENTS), max_points: int = 600) -> list[Path]:
-    """Copy this adapter's fitted probes and a stratified feature subsample into assets/probes/."""
+def ship(adapter: VLMAdapter, components: Sequence[int | str] = (AUTO, N_COMPONENTS)) -> list[Path]:
+    """Copy this adapter's fitted probes and its calibration h₀ (float16) into assets/probes/.
+
+    With the h₀ shipped, any k (and the map) works on a fresh machine without the extraction.
+    """
     key = calibration_key()
     SHIPPED_DIR.mkdir(parents=True, exist_ok=True)
     out = []
     for k in components:
         src = probe_path(adapter.model_id, key, k)
+        if not src.is_file():
+            fit_for(adapter, progress=False, components=k)  # from the cached h₀: seconds
         out.append(DecodingProbe.load(src, model_id=adapter.model_id, calibration_hash=key).save(SHIPPED_DIR / src.name))
     feats = calibration_features(adapter, key, progress=False)
-    from ..viz.hidden_map import subsample
-
-    keep = subsample(list(feats["labels"]), list(feats["compositions"]), max_points)
     path = SHIPPED_DIR / features_path(adapter.model_id, key).name
-    np.savez_compressed(path, h=feats["h"][keep].astype(np.float16), labels=feats["labels"][keep], compositions=feats["compositions"][keep])
+    np.savez_compressed(path, **{k: (v.astype(np.float16) if k == "h" else v) for k, v in feats.items()})
     return out + [path]
 
 

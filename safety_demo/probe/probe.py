@@ -147,7 +147,8 @@ def fit_probe(
         weight=clf.coef_[0].astype(np.float32), bias=float(clf.intercept_[0]),
         mu=(h[image_carried].mean(0) - mu_cb).astype(np.float32), mu_cb=mu_cb.astype(np.float32),
     )
-    probe.metrics = evaluate(probe, h[~train], y[~train], comp[~train])
+    held = split == "heldout"  # rows marked otherwise (e.g. left out of training on purpose) are not scored
+    probe.metrics = evaluate(probe, h[held], y[held], comp[held])
     probe.metrics["fit_seconds"] = time.perf_counter() - t0
     probe.metrics["n_train"] = int(train.sum())
     probe.metrics["explained_variance"] = [round(float(x), 4) for x in pca.explained_variance_ratio_]
