@@ -37,4 +37,4 @@ def test_plumbing_self_judge_captions_then_judges_text_only(family):
     from safety_demo.decoding.judge import run_judge
 
     result = run_judge(load_tiny(family), REQ, caption_max_tokens=3, verdict_max_tokens=2)
-    assert result.verdict in ("safe", "unsafe") and result.source in ("parsed", "logit-fallback")
+    assert result.verdict in ("safe", "unsafe") and result.source in ("parsed", "unparsed-default-safe")

@@ -67,18 +67,18 @@ def small_calibration(monkeypatch, tmp_path):
 
 
 def test_missing_probe_is_fitted_then_loaded(fake, small_calibration):
-    first = get_probe(fake, progress=False)
+    first = get_probe(fake, progress=False, components=4)
     path = probe_path(fake.model_id)
     assert path.is_file() and first.model_id == fake.model_id
-    again = get_probe(fake, progress=False)
+    again = get_probe(fake, progress=False, components=4)
     np.testing.assert_array_equal(again.weight, first.weight)
 
 
 def test_corrupt_probe_file_is_refitted(fake, small_calibration):
-    get_probe(fake, progress=False)
+    get_probe(fake, progress=False, components=4)
     path = probe_path(fake.model_id)
     path.write_bytes(b"not a probe")
-    probe = get_probe(fake, progress=False)
+    probe = get_probe(fake, progress=False, components=4)
     assert probe.model_id == fake.model_id
     DecodingProbe.load(path)  # the refit replaced the bad file
 
@@ -92,15 +92,51 @@ def test_shipped_probe_is_used_when_the_cache_has_none(fake, small_calibration, 
     fitted = get_probe(fake, progress=False)
     shipped = tmp_path / "shipped"
     shipped.mkdir()
-    path = probe_path(fake.model_id)
+    path = probe_path(fake.model_id, components="auto")
     path.rename(shipped / path.name)
     monkeypatch.setattr(probe_pkg, "SHIPPED_DIR", shipped)
     monkeypatch.setattr(probe_pkg, "fit_for", lambda *a, **k: pytest.fail("refitted although a shipped probe exists"))
     np.testing.assert_array_equal(get_probe(fake, progress=False).weight, fitted.weight)
 
 
+def test_auto_keeps_the_smallest_k_within_tolerance_of_the_best(fake, small_calibration):
+    from safety_demo.probe.probe import AUTO_TOLERANCE
+
+    auto = get_probe(fake, progress=False)  # the default
+    by_k = {int(k): v for k, v in auto.metrics["selection"]["auroc_by_k"].items()}
+    best = max(by_k.values())
+    assert auto.n_components == min(k for k, v in by_k.items() if v >= best - AUTO_TOLERANCE)
+    assert auto.metrics["overall"]["auroc"] == by_k[auto.n_components]
+    assert probe_path(fake.model_id, components="auto").is_file()
+
+
+def test_shipped_builtin_probe_and_features_match_the_cached_key():
+    """The files a fresh machine needs for the built-in model: the auto probe, the paper's 4, the h₀."""
+    from safety_demo.probe import SHIPPED_DIR
+
+    names = [p.name for p in SHIPPED_DIR.glob("builtin_*")]
+    assert any(n.endswith("-pcauto.npz") for n in names) and any(n.endswith(".features.npz") for n in names)
+    with np.load(next(SHIPPED_DIR.glob("builtin_*.features.npz"))) as z:
+        assert {"h", "labels", "compositions", "splits"} <= set(z.files) and z["h"].shape[0] == len(z["labels"])
+
+
+@pytest.mark.parametrize("value,expected", [("auto", "auto"), ("4", 4), (64, 64), (" AUTO ", "auto")])
+def test_components_parse(value, expected):
+    from safety_demo.probe import parse_components
+
+    assert parse_components(value) == expected
+
+
+@pytest.mark.parametrize("value", ["5", "abc", -1, "", "4.5"])
+def test_bad_components_are_refused(value):
+    from safety_demo.probe import parse_components
+
+    with pytest.raises(ValueError, match="auto"):
+        parse_components(value)
+
+
 def test_more_components_are_a_separate_probe_from_the_same_features(fake, small_calibration):
-    four = get_probe(fake, progress=False)
+    four = get_probe(fake, progress=False, components=4)
     eight = get_probe(fake, progress=False, components=8)
     assert four.n_components == 4 and eight.n_components == 8
     assert probe_path(fake.model_id, components=8) != probe_path(fake.model_id)
