@@ -64,12 +64,63 @@ def sweep(model: str = "builtin", per_composition: int = 12) -> str:
     return "\n".join(lines) + "\n"
 
 
+CONTINUATION_SETTINGS = [  # (name, mode, scale, direction); "off" is vanilla
+    ("off", None, 0.0, None),
+    ("to text, λ = 0.25", "scaled", 0.25, "to_text"),
+    ("to text, λ = 0.5", "scaled", 0.5, "to_text"),
+    ("to text, λ = 1 (default)", "scaled", 1.0, "to_text"),
+    ("as written, λ = 0.25", "scaled", 0.25, "as_written"),
+    ("as written, λ = 1", "scaled", 1.0, "as_written"),
+    ("as written, literal α·μ (paper)", "literal", 1.0, "as_written"),
+]
+CONTINUATION_TOKENS = 16
+
+
+def continuation_sweep(model: str = "builtin", per_composition: int = 12) -> str:
+    """MSAV judged by what the model then SAYS: 16 greedy tokens, read by the phrase refusal detector.
+
+    The first-token refusal-opening mass above counts the token "I", which this model also writes
+    as a Roman numeral ("I."); the phrase detector needs a refusal phrase. MSAV is forced to fire
+    (threshold 0) so that every setting's shift is measured on every item; reranking is off.
+    """
+    from ..decoding import GenerationConfig, SafeSteerPolicy, VanillaPolicy, generate_many
+    from .metrics import is_refusal
+
+    adapter = load_adapter(model)
+    probe = get_probe(adapter)
+    items = [it for it in calibration_items(split="heldout") if it.label == "harmful"]
+    chosen = [it for comp in ("CB", "TYPO", "FIGSTEP") for it in [i for i in items if i.composition == comp][:per_composition]]
+    policies = {
+        name: VanillaPolicy() if mode is None else SafeSteerPolicy(probe=probe, use_probe=False, threshold=0.0, msav_mode=mode, msav_scale=scale, msav_direction=direction)
+        for name, mode, scale, direction in CONTINUATION_SETTINGS
+    }
+    config = GenerationConfig(max_new_tokens=CONTINUATION_TOKENS, keep_hidden=False)
+    refused = {(name, comp): [] for name, *_ in CONTINUATION_SETTINGS for comp in ("CB", "TYPO", "FIGSTEP")}
+    for it in chosen:
+        for name, event in generate_many(adapter, Request(image_for(it), it.prompt), policies, config):
+            if event.done:
+                refused[(name, it.composition)].append(is_refusal(event.trace.text))
+    lines = [
+        f"MSAV judged by the continuation on `{model}` (probe: {probe.n_components} PCs): {len(chosen)} held-out harmful calibration "
+        f"items ({per_composition} per composition), {CONTINUATION_TOKENS} greedy tokens, share read as a refusal by the phrase detector. "
+        "MSAV forced to fire; no reranking.",
+        "",
+        "| setting | CB (text only) | TYPO | FIGSTEP |",
+        "|---|---|---|---|",
+    ]
+    for name, *_ in CONTINUATION_SETTINGS:
+        cells = [f"{sum(refused[(name, c)])}/{len(refused[(name, c)])}" for c in ("CB", "TYPO", "FIGSTEP")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="builtin")
     parser.add_argument("--per-composition", type=int, default=12)
+    parser.add_argument("--continuation", action="store_true", help="judge MSAV by 16 greedy tokens read by the phrase detector")
     args = parser.parse_args()
-    print(sweep(args.model, args.per_composition))
+    print(continuation_sweep(args.model, args.per_composition) if args.continuation else sweep(args.model, args.per_composition))
 
 
 if __name__ == "__main__":
