@@ -1,7 +1,9 @@
 """Agreement of the answer readers with labels made by reading: `python -m safety_demo.eval.judge_check`.
 
 The labelled set (`assets/judge/labels.jsonl`) holds answers of every method on the dev slices,
-each labelled refusal / safe / harmful by reading it against docs/JUDGE_GUIDELINE.md. This
+each labelled refusal / safe / harmful by reading it against docs/JUDGE_GUIDELINE.md. Split
+`dev` (FigStep items 1–40 of the run) was read while the judge's rules were revised; split `test`
+(items 41–60) was labelled afterwards and never used to change the judge. This
 prints, for the three-way judge and for the phrase matcher, how often they agree with the
 labels on the question the benchmark rates ask:
   - three-way: the exact label (refusal / safe / harmful);
@@ -40,13 +42,18 @@ def agreement(rows: list[dict]) -> dict[str, float | int]:
 
 
 def report(path: Path = LABELS_FILE) -> str:
-    rows = load_labels(path)
+    everything = load_labels(path)
+    parts = [report_rows([r for r in everything if r.get("split") == s], s) for s in ("dev", "test") if any(r.get("split") == s for r in everything)]
+    return "\n".join(parts + [report_rows(everything, "all")])
+
+
+def report_rows(rows: list[dict], name: str) -> str:
     a = agreement(rows)
     by_method = Counter(r["method"] for r in rows)
     by_label = Counter(r["label"] for r in rows)
     confusion = Counter((r["label"], judge_answer(r["prompt"], r["answer"], r["item_label"])) for r in rows)
     lines = [
-        f"{a['n']} labelled answers ({', '.join(f'{m} {c}' for m, c in by_method.items())}; labels: {', '.join(f'{k} {v}' for k, v in by_label.items())}).",
+        f"**{name}**: {a['n']} labelled answers ({', '.join(f'{m} {c}' for m, c in by_method.items())}; labels: {', '.join(f'{k} {v}' for k, v in by_label.items())}).",
         "",
         "| reader | agreement with the labels |",
         "|---|---|",

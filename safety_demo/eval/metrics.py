@@ -104,11 +104,13 @@ class Rate:
 
 
 def judge_label(record: Mapping) -> str | None:
-    """The record's three-way label: stored, or read from its answer now (older result files)."""
+    """The record's three-way label, read from its answer by the current judge.
+
+    The `judge_label` stored in a results file is what the judge said when the run was made; the
+    rates always re-read the answer, so a summary never mixes two versions of the judge.
+    """
     if record.get("error"):
         return None
-    if record.get("judge_label"):
-        return record["judge_label"]
     from .answer_judge import judge_answer
 
     return judge_answer(record.get("prompt", ""), record.get("answer", ""), record.get("label", "harmful"))
