@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="run methods over a benchmark: ASR / refusal rate, resumable (writes results.jsonl, summary.md, report.html)")
     ev.add_argument("--bench", required=True, choices=list(_bench_loaders()), help="benchmark format")
     ev.add_argument("--data", required=True, type=Path, help="the benchmark's folder (or its main file)")
-    ev.add_argument("--methods", default="vanilla,safecode,safesteer", help=f"comma-separated, among {', '.join(POLICIES)}")
+    ev.add_argument("--methods", default="vanilla,safecode,safesteer", help=f"comma-separated, among {', '.join(_method_names())}")
     ev.add_argument("--model", default=DEFAULT_MODEL)
     ev.add_argument("--limit", type=int, help="at most N items, spread over categories (default: all)")
     ev.add_argument("--out", type=Path, help="run folder; rerun with the same folder to resume (default out/eval/<bench>-<model>)")
@@ -183,6 +183,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     cfg = BenchConfig(model=args.model, new_tokens=args.new_tokens, repeats=args.repeats, prompts=args.prompts, output=args.output)
     return bench_main(cfg, "python -m safety_demo " + " ".join(sys.argv[1:]))
+
+
+def _method_names() -> tuple[str, ...]:
+    from .compare import method_names
+
+    return method_names()
 
 
 def _bench_loaders() -> dict:
