@@ -22,7 +22,8 @@ Hover a bar to see the tokens whose probability moved most."""
 INSPECTOR = """**Step inspector.** Pick a method and a step. The bars show, for the top candidates at that step, the model's own
 probability (vanilla) and the method's adjusted probability; for SafeSteer, the probe's P(harmful) of each candidate's
 hidden state. The action says what the method did: *kept*, *suppressed* / *boosted* (refusal tokens), *forced* (a refusal
-opening), *reranked* (the least harmful candidate won)."""
+opening), *reranked* (the candidate with the highest harmful score won: the paper's eq. (6), because while decoding the
+probe is meant to score refusals higher; on the built-in model that premise does not hold, see docs/RESULTS.md)."""
 
 MAP = """**Hidden-state map.** Each dot is a calibration request's last-prompt hidden state h₀, coloured harmful / harmless,
 shaped by how the request was composed (text-only, typographic, FigStep list, photo). The ★ is this prompt's h₀;
