@@ -41,6 +41,10 @@ DEFAULT_REQUESTS_PATH = ASSETS_DIR / "requests.jsonl"
 LABELS = ("harmful", "harmless")
 SPLITS = ("train", "heldout")
 COMPOSITIONS = ("CB", "TYPO", "FIGSTEP", "NATURAL")
+# The calibration set: no row may resemble a benchmark item, so FIGSTEP (a title over an empty
+# numbered list with FigStep's own prompt) is NOT part of it. It stays renderable, opt-in, for
+# measuring only (e.g. how a probe fitted without it reads such inputs).
+CALIBRATION_COMPOSITIONS = ("CB", "TYPO", "NATURAL")
 IMAGE_COMPOSITIONS = ("TYPO", "FIGSTEP")  # payload carried by the image (MSAV's image side)
 HELDOUT_FRACTION = 0.25  # share of each (label, category) group held out, chosen by id hash
 REQUIRED_FIELDS = ("id", "label", "category", "text", "key_phrase", "figstep_title", "split")
@@ -260,7 +264,7 @@ def _square_resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 def calibration_items(
     split: str | None = None,
-    compositions: Sequence[str] = ("CB", "TYPO", "FIGSTEP"),
+    compositions: Sequence[str] = ("CB", "TYPO"),
     path: str | Path | None = None,
     size: tuple[int, int] = render.DEFAULT_SIZE,
 ) -> list[CalibrationItem]:

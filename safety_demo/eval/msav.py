@@ -28,7 +28,7 @@ SETTINGS = [("literal", 1.0, 1), ("scaled", 0.25, 1), ("scaled", 1.0, 1), ("lite
 def sweep(model: str = "builtin", per_composition: int = 12) -> str:
     adapter = load_adapter(model)
     probe = get_probe(adapter)
-    items = [it for it in calibration_items(split="heldout") if it.label == "harmful"]
+    items = [it for it in calibration_items(split="heldout", compositions=("CB", "TYPO", "FIGSTEP")) if it.label == "harmful"]  # FIGSTEP: measuring only
     chosen = [it for comp in ("CB", "TYPO", "FIGSTEP") for it in [i for i in items if i.composition == comp][:per_composition]]
     h0 = extract_h0(adapter, [Request(image_for(it), it.prompt) for it in chosen], progress=False)
     openings = sorted({adapter.encode_text(p)[0] for p in CURATED_REFUSALS})
@@ -88,7 +88,7 @@ def continuation_sweep(model: str = "builtin", per_composition: int = 12) -> str
 
     adapter = load_adapter(model)
     probe = get_probe(adapter)
-    items = [it for it in calibration_items(split="heldout") if it.label == "harmful"]
+    items = [it for it in calibration_items(split="heldout", compositions=("CB", "TYPO", "FIGSTEP")) if it.label == "harmful"]  # FIGSTEP: measuring only
     chosen = [it for comp in ("CB", "TYPO", "FIGSTEP") for it in [i for i in items if i.composition == comp][:per_composition]]
     policies = {
         name: VanillaPolicy() if mode is None else SafeSteerPolicy(probe=probe, use_probe=False, threshold=0.0, msav_mode=mode, msav_scale=scale, msav_direction=direction)

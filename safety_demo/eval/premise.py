@@ -32,7 +32,7 @@ ANSWER_TOKENS = 16
 def measure(model: str = "builtin", per_composition: int = 20, components: int | str = "auto") -> tuple[str, dict]:
     adapter = load_adapter(model)
     probe = get_probe(adapter, components=components)
-    items = [it for it in calibration_items(split="heldout") if it.label == "harmful"]
+    items = [it for it in calibration_items(split="heldout", compositions=("CB", "TYPO", "FIGSTEP")) if it.label == "harmful"]  # FIGSTEP: measuring only
     chosen = [it for comp in ("CB", "TYPO", "FIGSTEP") for it in [i for i in items if i.composition == comp][:per_composition]]
     config = GenerationConfig(max_new_tokens=ANSWER_TOKENS, keep_hidden=True)
     rows = []

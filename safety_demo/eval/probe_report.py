@@ -2,9 +2,9 @@
 
 Reads the cached calibration h₀ of a model (no model calls when the cache exists) and prints:
   - held-out AUROC for every k of COMPONENT_CHOICES, and which k `auto` keeps;
-  - the AUROC of a probe fitted WITHOUT the FigStep-style rows (train split minus FIGSTEP),
-    scored on the held-out rows of every composition, so FIGSTEP is out of domain, as for
-    the paper's probe, which never saw FigStep.
+  - with `--figstep-ood`: how the probe, which never saw a FigStep-shaped row (the calibration
+    set has none: hold-out discipline), reads the project's own requests rendered FigStep-style
+    (held-out split, measuring only; their h₀ are extracted here, about 2 minutes on CPU).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ..probe import AUTO, COMPONENT_CHOICES, calibration_key, fit_probe
 from ..probe import calibration_features
 
 
-def report(model: str = "builtin") -> str:
+def report(model: str = "builtin", figstep_ood: bool = False) -> str:
     adapter = load_adapter(model)
     key = calibration_key()
     f = calibration_features(adapter, key, progress=True)
@@ -25,26 +25,39 @@ def report(model: str = "builtin") -> str:
 
     def row(probe, name: str) -> str:
         m = probe.metrics
-        cells = [f"{(m.get(c) or {}).get('auroc') or float('nan'):.3f}" for c in ("overall", "CB", "TYPO", "FIGSTEP")]
+        cells = [f"{(m.get(c) or {}).get('auroc') or float('nan'):.3f}" for c in ("overall", "CB", "TYPO")]
         return f"| {name} | {probe.n_components} | " + " | ".join(cells) + " |"
 
     lines = [f"Decoding-Probe on `{model}` ({adapter.model_id}); held-out calibration split, AUROC.", "",
-             "| probe | k | overall | CB | TYPO | FIGSTEP |", "|---|---|---|---|---|---|"]
+             "| probe | k | overall | CB | TYPO |", "|---|---|---|---|---|"]
     for k in COMPONENT_CHOICES:
         lines.append(row(fit_probe(h, labels, comps, splits, adapter.model_id, key, n_components=k), f"k = {k}"))
     auto = fit_probe(h, labels, comps, splits, adapter.model_id, key, n_components=AUTO)
     lines.append(row(auto, "auto"))
-    # out of domain: the train split without the FigStep-style rows; the held-out rows unchanged
-    ood_splits = np.where((comps == "FIGSTEP") & (splits == "train"), "unused", splits)
-    for k in (4, auto.n_components):
-        lines.append(row(fit_probe(h, labels, comps, ood_splits, adapter.model_id, key, n_components=k), f"no FIGSTEP rows in training, k = {k}"))
+    if figstep_ood:
+        from sklearn.metrics import roc_auc_score
+
+        from ..data.calibration import calibration_items, image_for
+        from ..models import Request
+        from ..probe import extract_h0
+
+        items = calibration_items(split="heldout", compositions=("FIGSTEP",))
+        h_fig = extract_h0(adapter, [lambda it=it: Request(image_for(it), it.prompt) for it in items], progress=False)
+        y = np.array([it.label == "harmful" for it in items])
+        four = fit_probe(h, labels, comps, splits, adapter.model_id, key, n_components=4)
+        lines += ["", f"Out of domain: {len(items)} held-out requests rendered FigStep-style (never in training; measuring only).", "",
+                  "| probe | AUROC on FigStep-style rows |", "|---|---|"]
+        for name, probe in (("k = 4", four), (f"auto (k = {auto.n_components})", auto)):
+            lines.append(f"| {name} | {roc_auc_score(y, probe.prob(h_fig)):.3f} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="builtin")
-    print(report(parser.parse_args().model))
+    parser.add_argument("--figstep-ood", action="store_true", help="also score FigStep-style renderings of held-out requests")
+    args = parser.parse_args()
+    print(report(args.model, args.figstep_ood))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def cache_dir() -> Path:
 def _compositions() -> tuple[str, ...]:
     from ..data.calibration import natural_photo_sources
 
-    return ("CB", "TYPO", "FIGSTEP", "NATURAL") if natural_photo_sources() else ("CB", "TYPO", "FIGSTEP")
+    return ("CB", "TYPO", "NATURAL") if natural_photo_sources() else ("CB", "TYPO")  # no benchmark-shaped rows
 
 
 def calibration_key() -> str:

@@ -2,7 +2,7 @@
 
     v = Cᵀ(h − m)      m: mean calibration h₀, C: top-k principal components (paper: k = 4)
     s = wᵀv + b        logistic regression; σ(s) = P(harmful)
-    μ = mean h₀(image-carried harmful: TYPO, FIGSTEP) − mean h₀(text-only harmful: CB)
+    μ = mean h₀(image-carried harmful: TYPO) − mean h₀(text-only harmful: CB)
 
 Fitted with scikit-learn, stored as plain arrays so scoring during decoding is one matmul.
 A probe file is keyed by model id and calibration-set hash; a file from another model or
@@ -136,10 +136,10 @@ def fit_probe(
     v = pca.transform(h[train])
     clf = LogisticRegression(max_iter=1000, random_state=seed).fit(v, y[train])
     harmful_train = train & (y == 1)
-    image_carried = harmful_train & np.isin(comp, ["TYPO", "FIGSTEP"])
+    image_carried = harmful_train & np.isin(comp, ["TYPO", "FIGSTEP"])  # the calibration set has TYPO only
     text_only = harmful_train & (comp == "CB")
     if not image_carried.any() or not text_only.any():
-        raise ProbeError("MSAV needs harmful items both text-only (CB) and image-carried (TYPO/FIGSTEP).")
+        raise ProbeError("MSAV needs harmful items both text-only (CB) and image-carried (TYPO).")
     mu_cb = h[text_only].mean(0)
     probe = DecodingProbe(
         model_id=model_id, calibration_hash=calibration_hash,

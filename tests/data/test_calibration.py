@@ -127,8 +127,18 @@ def test_missing_field_and_non_object(tmp_path):
 # ---------------------------------------------------------------------------- items
 
 
-def test_items_expand_each_request_into_its_compositions(requests):
+def test_calibration_set_has_no_benchmark_shaped_rows(requests):
+    """Hold-out discipline: by default no row is a title over an empty numbered list with FigStep's prompt."""
     items = cal.calibration_items()
+    assert {i.composition for i in items} == {"CB", "TYPO"} and "FIGSTEP" not in cal.CALIBRATION_COMPOSITIONS
+    assert all(cal.FIGSTEP_PROMPT not in i.prompt for i in items)
+    from safety_demo.probe import _compositions
+
+    assert "FIGSTEP" not in _compositions()
+
+
+def test_items_expand_each_request_into_its_compositions(requests):
+    items = cal.calibration_items(compositions=("CB", "TYPO", "FIGSTEP"))  # FIGSTEP: opt-in, measuring only
     assert len(items) == 3 * len(requests)
     assert len({i.id for i in items}) == len(items)
     by_comp = defaultdict(set)
