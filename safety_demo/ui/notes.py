@@ -26,7 +26,7 @@ opening), *reranked* (the candidate with the highest harmful score won: the pape
 probe is meant to score refusals higher; on the built-in model that premise does not hold, see docs/RESULTS.md)."""
 
 MAP = """**Hidden-state map.** Each dot is a calibration request's last-prompt hidden state h₀, coloured harmful / harmless,
-shaped by how the request was composed (text-only, typographic, FigStep list, photo). The ★ is this prompt's h₀;
+shaped by how the request was composed (text-only, typographic, photo). The ★ is this prompt's h₀;
 ◆ is h̄₀ after MSAV (if it fired). The lines follow each answer's tokens through hidden-state space.
 PCA is exact and fast; t-SNE and UMAP show neighbourhoods but distort distances (UMAP compiles on first use)."""
 
