@@ -122,7 +122,10 @@ def _plain(value: Any) -> Any:
 
 def check_run_info(out: Path, config: EvalConfig) -> None:
     """Write run.json on the first run; on a restart refuse settings that would change answers."""
-    info = {k: getattr(config, k) for k in FINGERPRINT}
+    from ..probe import calibration_key
+
+    # the calibration set decides the probe (SafeSteer, the probe judge): a run never mixes two of them
+    info = {**{k: getattr(config, k) for k in FINGERPRINT}, "calibration": calibration_key()[:12]}
     path = out / RUN_INFO
     if path.is_file():
         try:
@@ -130,7 +133,7 @@ def check_run_info(out: Path, config: EvalConfig) -> None:
         except json.JSONDecodeError:
             old = None
         if isinstance(old, dict):
-            changed = {k: (old.get(k), v) for k, v in info.items() if old.get(k) != v}
+            changed = {k: (old.get(k), v) for k, v in info.items() if old.get(k) != v and (k in old or k != "calibration")}
             if changed:
                 detail = ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
                 raise ValueError(f"{out} holds results of another run ({detail}). Choose another --out, or delete {out} to start over.")

@@ -127,3 +127,12 @@ def test_mossbench_reports_refusal_rate(fake, tmp_path):
     result = run_eval(cfg, adapter=fake)
     assert {r.metric for r in result.rates} == {"refusal rate"}
     assert len({r["category"] for r in result.records}) == 3
+
+
+def test_a_run_made_with_another_calibration_set_is_not_resumed(fake, mini_figstep, tmp_path, monkeypatch):
+    import safety_demo.probe as probe_pkg
+
+    run_eval(_config(mini_figstep, tmp_path / "run", limit=1, methods=("vanilla",)), adapter=fake)
+    monkeypatch.setattr(probe_pkg, "calibration_key", lambda: "another-set-0000")
+    with pytest.raises(ValueError, match="calibration"):
+        run_eval(_config(mini_figstep, tmp_path / "run", limit=1, methods=("vanilla",)), adapter=fake)
