@@ -22,7 +22,7 @@ import torch
 
 from ..inputs import InputError
 from ..models.base import Request, VLMAdapter
-from ..probe import DecodingProbe, describe_probe, get_probe
+from ..probe import DecodingProbe, describe_probe, get_probe, is_components
 from .policy import Decision, Policy, StepInput, check_knobs
 
 MSAV_MODES = ("scaled", "literal")
@@ -51,15 +51,9 @@ class SafeSteerConfig:
             (0.0 <= self.msav_scale <= 10.0, "msav_scale must be in [0, 10]"),
             (self.msav_direction in MSAV_DIRECTIONS, f"msav_direction must be one of {MSAV_DIRECTIONS}"),
             (0.0 <= self.temperature <= 10.0, "temperature must be in [0, 10]"),
-            (_valid_components(self.probe_components), "probe_components must be 'auto' or one of 4, 8, 16, 32, 64, 128"),
+            (is_components(self.probe_components), "probe_components must be 'auto' or one of 4, 8, 16, 32, 64, 128"),
         ]
         check_knobs("SafeSteer", checks)
-
-
-def _valid_components(k: int | str) -> bool:
-    from ..probe import COMPONENT_CHOICES
-
-    return k == "auto" or (isinstance(k, int) and not isinstance(k, bool) and k in COMPONENT_CHOICES)
 
 
 def msav_shift(probe: DecodingProbe, h0: np.ndarray, mode: str, scale: float, direction: str = "as_written") -> np.ndarray:

@@ -22,14 +22,22 @@ from ..decoding.safesteer import msav_shift
 from ..models import Request, load_adapter
 from ..probe import extract_h0, get_probe
 
+MEASURED = ("CB", "TYPO", "FIGSTEP")  # FIGSTEP-style rows: measuring only, never fitted on
+
+
+def held_out_harmful(per_composition: int) -> list:
+    """The first `per_composition` held-out harmful calibration requests of each MEASURED composition."""
+    items = [it for it in calibration_items(split="heldout", compositions=MEASURED) if it.label == "harmful"]
+    return [it for comp in MEASURED for it in [i for i in items if i.composition == comp][:per_composition]]
+
+
 SETTINGS = [("literal", 1.0, 1), ("scaled", 0.25, 1), ("scaled", 1.0, 1), ("literal", 1.0, -1), ("scaled", 0.1, -1), ("scaled", 0.25, -1), ("scaled", 0.5, -1), ("scaled", 1.0, -1)]
 
 
 def sweep(model: str = "builtin", per_composition: int = 12) -> str:
     adapter = load_adapter(model)
     probe = get_probe(adapter)
-    items = [it for it in calibration_items(split="heldout", compositions=("CB", "TYPO", "FIGSTEP")) if it.label == "harmful"]  # FIGSTEP: measuring only
-    chosen = [it for comp in ("CB", "TYPO", "FIGSTEP") for it in [i for i in items if i.composition == comp][:per_composition]]
+    chosen = held_out_harmful(per_composition)
     h0 = extract_h0(adapter, [Request(image_for(it), it.prompt) for it in chosen], progress=False)
     openings = sorted({adapter.encode_text(p)[0] for p in CURATED_REFUSALS})
     comps = np.array([it.composition for it in chosen])
@@ -88,8 +96,7 @@ def continuation_sweep(model: str = "builtin", per_composition: int = 12) -> str
 
     adapter = load_adapter(model)
     probe = get_probe(adapter)
-    items = [it for it in calibration_items(split="heldout", compositions=("CB", "TYPO", "FIGSTEP")) if it.label == "harmful"]  # FIGSTEP: measuring only
-    chosen = [it for comp in ("CB", "TYPO", "FIGSTEP") for it in [i for i in items if i.composition == comp][:per_composition]]
+    chosen = held_out_harmful(per_composition)
     policies = {
         name: VanillaPolicy() if mode is None else SafeSteerPolicy(probe=probe, use_probe=False, threshold=0.0, msav_mode=mode, msav_scale=scale, msav_direction=direction)
         for name, mode, scale, direction in CONTINUATION_SETTINGS

@@ -19,11 +19,12 @@ import statistics
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from ..data.calibration import calibration_items, image_for
+from ..data.calibration import image_for
 from ..decoding import GenerationConfig, run_to_end
 from ..models import Request, load_adapter
 from ..probe import describe_probe, get_probe
 from .metrics import is_refusal
+from .msav import held_out_harmful
 
 FIRST_TOKENS = 3
 ANSWER_TOKENS = 16
@@ -32,8 +33,7 @@ ANSWER_TOKENS = 16
 def measure(model: str = "builtin", per_composition: int = 20, components: int | str = "auto") -> tuple[str, dict]:
     adapter = load_adapter(model)
     probe = get_probe(adapter, components=components)
-    items = [it for it in calibration_items(split="heldout", compositions=("CB", "TYPO", "FIGSTEP")) if it.label == "harmful"]  # FIGSTEP: measuring only
-    chosen = [it for comp in ("CB", "TYPO", "FIGSTEP") for it in [i for i in items if i.composition == comp][:per_composition]]
+    chosen = held_out_harmful(per_composition)
     config = GenerationConfig(max_new_tokens=ANSWER_TOKENS, keep_hidden=True)
     rows = []
     for it in chosen:

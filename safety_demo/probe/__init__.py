@@ -13,7 +13,7 @@ import numpy as np
 
 from ..models.base import Request, VLMAdapter
 from .extract import extract_h0
-from .probe import AUTO, COMPONENT_CHOICES, N_COMPONENTS, DecodingProbe, ProbeError, describe_probe, evaluate, fit_probe, parse_components
+from .probe import AUTO, COMPONENT_CHOICES, N_COMPONENTS, DecodingProbe, ProbeError, describe_probe, evaluate, fit_probe, is_components, parse_components
 
 log = logging.getLogger(__name__)
 
@@ -148,4 +148,4 @@ def ship(adapter: VLMAdapter, components: Sequence[int | str] = (AUTO, N_COMPONE
     return out + [path]
 
 
-__all__ = ["parse_components", "AUTO", "COMPONENT_CHOICES", "describe_probe", "DecodingProbe", "ProbeError", "calibration_key", "evaluate", "extract_h0", "fit_for", "fit_probe", "features_path", "get_probe", "map_points", "probe_path", "ship"]
+__all__ = ["is_components", "parse_components", "AUTO", "COMPONENT_CHOICES", "describe_probe", "DecodingProbe", "ProbeError", "calibration_key", "evaluate", "extract_h0", "fit_for", "fit_probe", "features_path", "get_probe", "map_points", "probe_path", "ship"]

@@ -169,13 +169,17 @@ def _fit_auto(h, labels, compositions, splits, model_id, calibration_hash, seed)
     return probe
 
 
+def is_components(k: object) -> bool:
+    """Whether `k` is a valid probe size as a config holds it: "auto" or an int of COMPONENT_CHOICES."""
+    return k == AUTO or (isinstance(k, int) and not isinstance(k, bool) and k in COMPONENT_CHOICES)
+
+
 def parse_components(value: int | str) -> int | str:
     """"auto" or one of COMPONENT_CHOICES, from a flag, a dropdown or a config; else ValueError."""
     text = str(value).strip().lower()
-    if text == AUTO:
-        return AUTO
-    if text.isdigit() and int(text) in COMPONENT_CHOICES:
-        return int(text)
+    k = int(text) if text.isdigit() else text
+    if is_components(k):
+        return k
     raise ValueError(f"probe components must be 'auto' or one of {', '.join(map(str, COMPONENT_CHOICES))}, got {str(value)[:40]!r}")
 
 
