@@ -40,7 +40,7 @@ KNOBS: dict[str, list[Knob]] = {
     ],
     "SafeCoDe": [
         Knob(SafeCoDeConfig, "verdict", "Judge verdict", "dropdown", choices=("auto", "safe", "unsafe"), info="auto = the judge decides"),
-        Knob(SafeCoDeConfig, "judge", "Judge", "dropdown", choices=("self", "probe"), info="self = caption + verdict by the model (official prompt); probe = P(harmful | h₀), no decoding (ours)"),
+        Knob(SafeCoDeConfig, "judge", "Judge", "dropdown", choices=("self", "probe"), info="self: the model, official prompt; probe: P(harmful | h₀) (ours)"),
         Knob(SafeCoDeConfig, "alpha_unsafe", "α after unsafe", "slider", 0.0, 1.0, 0.05, info="z(v) − α·z(ṽ)"),
         Knob(SafeCoDeConfig, "alpha_safe", "α after safe", "slider", 0.0, 1.0, 0.05),
         Knob(SafeCoDeConfig, "sigma", "Noise σ", "slider", 0.0, 0.5, 0.01, info="pixel noise of ṽ"),
