@@ -227,8 +227,18 @@ _SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # colour photos 
 _SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
 
 
-def _load_photo(source: str) -> Image.Image:
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
+
+
+def load_photo(source: str) -> Image.Image:
+    """A shipped photo by source: "skimage:<name>", "sklearn:<file>" or "example:<file>" (assets/examples)."""
     library, _, name = source.partition(":")
+    if library == "example":
+        path = EXAMPLES_DIR / name
+        if path.parent != EXAMPLES_DIR or not path.is_file():
+            raise ValueError(f"no example image {name!r} in {EXAMPLES_DIR}")
+        with Image.open(path) as img:
+            return img.convert("RGB")
     if library == "skimage":
         import skimage.data
 
@@ -239,8 +249,8 @@ def _load_photo(source: str) -> Image.Image:
         with Image.open(Path(sklearn.datasets.__file__).parent / "images" / name) as img:
             return img.convert("RGB")
     raise ValueError(
-        f"unknown natural photo source {source!r}; "
-        "expected 'skimage:<name>' or 'sklearn:<file>'"
+        f"unknown photo source {source!r}; "
+        "expected 'skimage:<name>', 'sklearn:<file>' or 'example:<file>'"
     )
 
 
@@ -331,7 +341,7 @@ def image_for(item: CalibrationItem | ImageSpec) -> Image.Image:
     if spec.kind == "figstep":
         return render.render_figstep(spec.text, spec.size)
     if spec.kind == "natural":
-        return _square_resize(_load_photo(spec.source), spec.size)
+        return _square_resize(load_photo(spec.source), spec.size)
     raise ValueError(f"unknown image kind {spec.kind!r}; expected blank, typo, figstep or natural")
 
 

@@ -301,3 +301,62 @@ def test_text_only_turn_has_no_vision_span(fast):
 
     result = run_judge(fast, Request(Image.new("RGB", (64, 64), "white"), "hello"), caption_max_tokens=4, verdict_max_tokens=3)
     assert result.verdict in ("safe", "unsafe")
+
+
+# ----------------------------------------------------------------------------- the image turn (issue 11)
+
+def daisy_photo() -> Image.Image:
+    from safety_demo.data.calibration import load_photo
+
+    return load_photo("example:flower.jpg")
+
+
+def _rendered_prefix(adapter, system):
+    """The chat template's text before the user's content, rendered by the tokenizer itself."""
+    from safety_demo.models.builtin.adapter import SENTINEL
+
+    turns = [{"role": "system", "content": system}] if system is not None else []
+    text = adapter.tokenizer.apply_chat_template(turns + [{"role": "user", "content": SENTINEL}], add_generation_prompt=True, tokenize=False)
+    return text.split(SENTINEL)[0]
+
+
+def test_default_system_is_the_templates_own(fast):
+    """Without a note, the image turn's system turn is exactly what the chat template writes by itself."""
+    assert _rendered_prefix(fast, fast.family.default_system) == _rendered_prefix(fast, None)
+
+
+def test_image_turn_says_how_the_model_sees_when_there_is_something_to_see(fast):
+    daisy = fast.describe(daisy_photo())
+    assert "daisy" in daisy, daisy  # the recogniser's 0.14 clears NAMED_MIN_PROB
+    assert fast.image_system(daisy).startswith(fast.family.default_system)
+    assert "<image>" in fast.image_system(daisy) and "see images" in fast.image_system(daisy)
+    blank = fast.describe(Image.new("RGB", (448, 448), "white"))
+    assert blank == "" and fast.image_system(blank) is None  # nothing to see: the template's default turn
+    # The note reaches the model: the daisy row is longer than the bare template + span by the note's tokens.
+    note_ids = fast.prefix_ids(fast.image_system(daisy), image=True)
+    assert len(note_ids) > len(fast.prefix_ids(None, image=True))
+    assert fast.decode(note_ids).count("see images") == 1
+
+
+def test_request_system_replaces_the_image_note(fast):
+    """A caller's own system turn (SafeCoDe's judge has one) wins over the note."""
+    image = daisy_photo()
+    own = fast.prefill([Request(image, "What is this?", system="Answer in one word.")])
+    noted = fast.prefill([Request(image, "What is this?")])
+    assert not torch.allclose(own.logits, noted.logits)
+    ids = fast.prefix_ids("Answer in one word.", image=True)
+    assert "Answer in one word." in fast.decode(ids) and "see images" not in fast.decode(ids)
+
+
+@pytest.mark.slow
+def test_default_model_answers_everyday_photos(default):
+    """Issue 11: a daisy, a cat and a cup of coffee get answers that name them, not "I'm sorry"."""
+    from safety_demo.data.everyday import everyday_questions
+    from safety_demo.eval.everyday import answer_all
+
+    chosen = {"flower-what", "flower-describe", "chelsea-what", "coffee-do", "china-do"}
+    rows = answer_all(default, [q for q in everyday_questions() if q.id in chosen], max_new_tokens=24)
+    for row in rows:
+        print(row)
+    assert not any(r["refused"] for r in rows), rows
+    assert sum(r["named"] for r in rows) >= 4, rows

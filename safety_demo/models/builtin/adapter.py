@@ -6,13 +6,21 @@ chat template puts an image:
     <system turn> <|im_start|>user\\n <span start> [visual embeddings] <span end> prompt
     <|im_end|>\\n<|im_start|>assistant\\n
 
+The system turn is the chat template's own default; when the vision module reports something
+(a confident class or text), it goes on with one sentence saying that the LM can see images
+and how they reach it (`VISION_NOTE`). Without it the LM, a text model, answers "I'm sorry,
+but I can't assist with that." to "What is in this image?" about a daisy. A blank page, where
+the vision module reports nothing, keeps the plain default turn: with the note on every image
+turn, the text-only harmful requests of the calibration set (blank page) were refused 22/55
+times instead of 35/55 (docs/METHODS.md, "The built-in model's image turn").
+
 The visual embeddings are, in order:
   1. one soft token  sum_c p_c * E(name_c)  over the recogniser's top-10 ImageNet classes
      (p renormalised over those 10, E(name) = mean input embedding of the name's tokens):
      a continuous function of the pixels, so any change to the image (SafeCoDe's noised
      copy included) moves the hidden states and logits;
   2. the embedded phrase "The image looks like: <names>.", naming those of the top 3
-     classes with probability >= 0.15; unsure guesses stay unnamed (a blank page is not a
+     classes with probability >= 0.10; unsure guesses stay unnamed (a blank page is not a
      "nematode worm", and junk names distract the LM from the image's text);
   3. if OCR found text: the embedded "Text in the image: <OCR text>" - how typographic
      attacks (FigStep, TYPO) reach the LM, as they reach a real VLM.
@@ -29,13 +37,17 @@ from PIL import Image
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from ..base import DecodeState, ForwardOut, ModelLoadError, Request, VLMAdapter
+
 from .assemble import build_builtin, check_built, spec_for
 from .vision import ImageReading, Vision
 
-VISION_VERSION = 1  # bump when the visual embeddings change: probe files are keyed by model_id
+VISION_VERSION = 2  # bump when the visual embeddings change: probe files are keyed by model_id
 SOFT_TOP_K = 10  # classes mixed into the soft token
 NAMED_TOP_K = 3  # at most this many classes named in the readable phrase ...
-NAMED_MIN_PROB = 0.15  # ... and only those the recogniser gives at least this probability
+NAMED_MIN_PROB = 0.10  # ... and only those the recogniser gives at least this probability (a daisy photo: 0.14)
+# Appended to the template's default system turn on image turns the vision module has something to say about.
+VISION_NOTE = (" You can see images: a vision module shows you each image between {start} and {end}, "
+               "as what it looks like and any text written in it.")
 SENTINEL = "\x00IMAGE\x00"  # stands in for the image while the chat template is rendered
 
 
@@ -46,7 +58,12 @@ class Family:
     slug: str  # model part of model_id
     span_start: str  # text just before the visual embeddings
     span_end: str  # text just after them
+    default_system: str  # the chat template's own system turn (a test checks it is the template's)
     description: str  # one line for the UI
+
+    @property
+    def vision_note(self) -> str:
+        return VISION_NOTE.format(start=self.span_start.strip(), end=self.span_end.strip())
 
 
 FAMILIES: dict[str, Family] = {
@@ -55,6 +72,7 @@ FAMILIES: dict[str, Family] = {
         # Qwen's own vision markers (Qwen2-VL puts <|image_pad|> tokens between them).
         span_start="<|vision_start|>",
         span_end="<|vision_end|>",
+        default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
         description="Built-in stand-in VLM: Qwen2.5-Coder-0.5B-Instruct (real, safety-aligned) reading "
         "EfficientNet-Lite0 ImageNet classes + RapidOCR text as visual embeddings (CPU, offline)",
     ),
@@ -63,6 +81,7 @@ FAMILIES: dict[str, Family] = {
         # SmolLM2 has no vision tokens; a plain-text wrapper in SmolVLM's style.
         span_start="<image>",
         span_end="</image>\n",
+        default_system="You are a helpful AI assistant named SmolLM, trained by Hugging Face",
         description="Built-in stand-in VLM, fast: SmolLM2-135M-Instruct (no safety alignment) reading "
         "EfficientNet-Lite0 classes + RapidOCR text (for tests)",
     ),
@@ -76,22 +95,29 @@ def shared_vision() -> Vision:
 
 
 class BuiltinAdapter(VLMAdapter):
-    """The built-in pipeline VLM, float32 on CPU."""
+    """The built-in pipeline VLM on CPU, in the fastest dtype the CPU has (`models/cpu.py`)."""
 
-    def __init__(self, variant: str, vision: Vision | None = None) -> None:
+    # How the image turn is told about the image; instance attributes so that
+    # `python -m safety_demo.eval.everyday --ablation` can measure the alternatives.
+    note_mode: str = "auto"  # "auto": VISION_NOTE when the vision module reports something; "always"; "off"
+    named_min_prob: float = NAMED_MIN_PROB
+
+    def __init__(self, variant: str, vision: Vision | None = None, dtype: torch.dtype | None = None) -> None:
         spec, family = spec_for(variant), FAMILIES[variant]
         path = check_built(variant)
         t0 = time.perf_counter()
         self.variant = variant
         self.family = family
         self.name = "builtin" if variant == "default" else "builtin-fast"
-        self.model_id = f"builtin:{family.slug}-{spec.gguf_sha256[:8]}+effnet-lite0+rapidocr+vis{VISION_VERSION}"
+        self.dtype = torch.float32 if dtype is None else dtype  # bf16 auto-selection lands with its shipped probe
+        # The id names everything that changes the hidden states (probe files are keyed by it).
+        precision = "" if self.dtype == torch.float32 else "+bf16"
+        self.model_id = f"builtin:{family.slug}-{spec.gguf_sha256[:8]}+effnet-lite0+rapidocr+vis{VISION_VERSION}{precision}"
         self.description = family.description
         self.device = torch.device("cpu")
-        self.dtype = torch.float32
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+            self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=self.dtype)
         except (OSError, ValueError) as e:
             raise ModelLoadError(
                 f"cannot load the built-in {variant!r} checkpoint from {path}: {e}. "
@@ -102,7 +128,8 @@ class BuiltinAdapter(VLMAdapter):
         self.eos_token_ids = self._eos_ids()
         self.embed = self.model.get_input_embeddings()
         self.class_embeds = self._class_embeddings(self.vision.class_names)  # (1000, D)
-        self.prefix_ids, self.suffix_ids = self._template_parts()
+        self._prefixes: dict[tuple[str | None, bool], list[int]] = {}
+        self.suffix_ids = self._template_suffix()
         self.span_end_ids = self.encode_text(family.span_end)
         self.load_seconds = time.perf_counter() - t0
 
@@ -121,24 +148,32 @@ class BuiltinAdapter(VLMAdapter):
     @torch.no_grad()
     def _class_embeddings(self, names: list[str]) -> torch.Tensor:
         """E(name): mean input embedding of each class name's tokens (with its leading space)."""
-        rows = [self.embed(torch.tensor(self.encode_text(" " + n))).mean(0) for n in names]
-        return torch.stack(rows)  # (1000, D)
+        rows = [self.embed(torch.tensor(self.encode_text(" " + n))).float().mean(0) for n in names]
+        return torch.stack(rows)  # (1000, D) float32: the soft token is mixed in full precision
 
-    def _template_parts(self) -> tuple[list[int], list[int]]:
-        """Token ids of the chat template before and after the user's content."""
+    def _template_suffix(self) -> list[int]:
+        """Token ids of the chat template after the user's content (turn end, assistant start)."""
         text = self.tokenizer.apply_chat_template(
             [{"role": "user", "content": SENTINEL}], add_generation_prompt=True, tokenize=False
         )
-        before, after = text.split(SENTINEL)
-        self.text_prefix_ids = self.encode_text(before)  # text-only turns (the judge's verdict)
-        return self.encode_text(before + self.family.span_start), self.encode_text(after)
+        return self.encode_text(text.split(SENTINEL)[1])
 
-    def _system_prefix(self, system: str) -> list[int]:
-        """Template ids before a text-only user turn, with `system` as the system turn."""
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "system", "content": system}, {"role": "user", "content": SENTINEL}], add_generation_prompt=True, tokenize=False
-        )
-        return self.encode_text(text.split(SENTINEL)[0])
+    def prefix_ids(self, system: str | None, image: bool) -> list[int]:
+        """Template ids before the user's content: `system` (None: the template's default), then the span start."""
+        key = (system, image)
+        if key not in self._prefixes:
+            turns = [{"role": "system", "content": system}] if system is not None else []
+            text = self.tokenizer.apply_chat_template(
+                turns + [{"role": "user", "content": SENTINEL}], add_generation_prompt=True, tokenize=False
+            )
+            self._prefixes[key] = self.encode_text(text.split(SENTINEL)[0] + (self.family.span_start if image else ""))
+        return self._prefixes[key]
+
+    def image_system(self, visual_text: str) -> str | None:
+        """System turn of an image turn: the default plus how the LM sees, if there is anything to see."""
+        if self.note_mode == "off" or (self.note_mode == "auto" and not visual_text):
+            return None  # the chat template's own default turn
+        return self.family.default_system + self.family.vision_note
 
     def plain_ids(self, text: str) -> list[int]:
         """Token ids of untrusted text (prompt, OCR): "<|im_end|>" typed or printed stays text."""
@@ -149,7 +184,7 @@ class BuiltinAdapter(VLMAdapter):
     def visual_text(self, reading: ImageReading) -> str:
         """The readable part of the visual embeddings: confident class names, then OCR text."""
         probs, ids = reading.top(NAMED_TOP_K)
-        names = [self.vision.class_names[i] for p, i in zip(probs, ids) if p >= NAMED_MIN_PROB]
+        names = [self.vision.class_names[i] for p, i in zip(probs, ids) if p >= self.named_min_prob]
         parts = ["The image looks like: " + ", ".join(names) + "."] if names else []
         if reading.text:
             parts.append("Text in the image: " + reading.text)
@@ -160,24 +195,26 @@ class BuiltinAdapter(VLMAdapter):
         return self.visual_text(self.vision.read([image])[0])
 
     @torch.no_grad()
-    def visual_embeddings(self, reading: ImageReading) -> torch.Tensor:
+    def visual_embeddings(self, reading: ImageReading, text: str | None = None) -> torch.Tensor:
         """[N, D] embeddings standing for the image: one soft token, then the readable text."""
         probs, ids = reading.top(SOFT_TOP_K)
-        soft = (probs / probs.sum()) @ self.class_embeds[ids]  # (D,) convex mix of class names
-        words = self.embed(torch.tensor(self.plain_ids(self.visual_text(reading)), dtype=torch.long))  # (n, D)
+        soft = ((probs / probs.sum()) @ self.class_embeds[ids]).to(self.dtype)  # (D,) convex mix of class names
+        text = self.visual_text(reading) if text is None else text
+        words = self.embed(torch.tensor(self.plain_ids(text), dtype=torch.long))  # (n, D)
         return torch.cat([soft[None], words])
 
     @torch.no_grad()
     def _row_embeddings(self, request: Request, reading: ImageReading | None, continuation: Sequence[int]) -> torch.Tensor:
         """[T, D] input embeddings of one row: template, image, prompt, template end, continuation."""
         if reading is None:  # a text-only turn: no vision span at all
-            prefix = self.text_prefix_ids if request.system is None else self._system_prefix(request.system)
-            ids = prefix + self.plain_ids(request.prompt) + self.suffix_ids + list(continuation)
+            ids = self.prefix_ids(request.system, image=False) + self.plain_ids(request.prompt) + self.suffix_ids + list(continuation)
             return self.embed(torch.tensor(ids, dtype=torch.long))
+        text = self.visual_text(reading)
+        system = request.system if request.system is not None else self.image_system(text)
         after = self.span_end_ids + self.plain_ids(request.prompt) + self.suffix_ids + list(continuation)
         return torch.cat([
-            self.embed(torch.tensor(self.prefix_ids)),
-            self.visual_embeddings(reading),
+            self.embed(torch.tensor(self.prefix_ids(system, image=True))),
+            self.visual_embeddings(reading, text),
             self.embed(torch.tensor(after, dtype=torch.long)),
         ])
 
@@ -199,7 +236,7 @@ class BuiltinAdapter(VLMAdapter):
         readings = [next(read) if r.image is not None else None for r in requests]
         rows = [self._row_embeddings(r, rd, c) for r, rd, c in zip(requests, readings, continuations)]
         B, T, D = len(rows), max(len(r) for r in rows), self.hidden_size
-        x = torch.zeros(B, T, D)  # left-padded input embeddings
+        x = torch.zeros(B, T, D, dtype=self.dtype)  # left-padded input embeddings
         mask = torch.zeros(B, T, dtype=torch.long)  # 1 = real token, 0 = left padding
         for i, row in enumerate(rows):
             x[i, T - len(row):] = row

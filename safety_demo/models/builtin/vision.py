@@ -7,6 +7,7 @@ where typographic attacks (FigStep, MM-SafetyBench TYPO) put their payload.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -26,6 +27,10 @@ CROP_PADDING = 32  # official eval preprocessing: resize the short side to 224 +
 MEAN, STD = 127.0, 128.0  # EfficientNet-Lite normalises 0..255 pixels as (x - 127) / 128
 OCR_MIN_SCORE = 0.5  # drop OCR lines the recogniser itself is unsure of
 READ_CACHE_SIZE = 128  # images whose reading is remembered (OCR costs up to ~1 s per image)
+# OCR texts of images that never change (the calibration set's renderings), keyed by `image_key`:
+# a refit reads them instead of running OCR on 1212 images. Written by `python -m
+# safety_demo.models.builtin.ocr_store`; ignored when made by another OCR engine or threshold.
+OCR_STORE = Path(__file__).resolve().parents[3] / "assets" / "calibration" / "ocr_texts.json"
 
 
 @dataclass
@@ -79,6 +84,17 @@ class Vision:
         self.ocr = RapidOCR()
         self._cache: OrderedDict[str, ImageReading] = OrderedDict()  # image_key -> reading
         self._lock = threading.Lock()  # the app shares one adapter between users' threads
+        self.known_texts = load_ocr_store()  # image_key -> OCR text, read-only
+
+    @staticmethod
+    def ocr_engine() -> str:
+        """What produced an OCR text: a store made by another engine or threshold is not used."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"rapidocr-onnxruntime {version('rapidocr-onnxruntime')}, min score {OCR_MIN_SCORE}"
+        except PackageNotFoundError:
+            return f"rapidocr-onnxruntime ?, min score {OCR_MIN_SCORE}"
 
     @staticmethod
     def preprocess(image: Image.Image) -> torch.Tensor:
@@ -113,7 +129,8 @@ class Vision:
         if todo:
             probs = self.classify(list(todo.values()))
             for (k, im), p in zip(todo.items(), probs):
-                found[k] = ImageReading(probs=p.clone(), text=self.read_text(im))
+                text = self.known_texts[k] if k in self.known_texts else self.read_text(im)
+                found[k] = ImageReading(probs=p.clone(), text=text)
         with self._lock:
             for k in keys:
                 self._cache[k] = found[k]
@@ -121,3 +138,14 @@ class Vision:
             while len(self._cache) > READ_CACHE_SIZE:
                 self._cache.popitem(last=False)
         return [found[k] for k in keys]
+
+
+def load_ocr_store(path: Path = OCR_STORE) -> dict[str, str]:
+    """The shipped OCR texts, or {} when the file is missing, unreadable or from another engine."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("engine") != Vision.ocr_engine() or not isinstance(data.get("texts"), dict):
+            return {}
+        return {str(k): str(v) for k, v in data["texts"].items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
