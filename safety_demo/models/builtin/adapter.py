@@ -37,7 +37,7 @@ from PIL import Image
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from ..base import DecodeState, ForwardOut, ModelLoadError, Request, VLMAdapter
-
+from ..cpu import cpu_dtype
 from .assemble import build_builtin, check_built, spec_for
 from .vision import ImageReading, Vision
 
@@ -109,7 +109,7 @@ class BuiltinAdapter(VLMAdapter):
         self.variant = variant
         self.family = family
         self.name = "builtin" if variant == "default" else "builtin-fast"
-        self.dtype = torch.float32 if dtype is None else dtype  # bf16 auto-selection lands with its shipped probe
+        self.dtype = cpu_dtype() if dtype is None else dtype
         # The id names everything that changes the hidden states (probe files are keyed by it).
         precision = "" if self.dtype == torch.float32 else "+bf16"
         self.model_id = f"builtin:{family.slug}-{spec.gguf_sha256[:8]}+effnet-lite0+rapidocr+vis{VISION_VERSION}{precision}"
