@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--prompts", type=int, default=2)
     bench.add_argument("--output", type=Path, default=Path("docs/PERFORMANCE.md"))
+    bench.add_argument("--json", type=Path, metavar="FILE", help="also write the named figures (vanilla_tok_s, bound_tok_s, ratios, cpu, dtype) as JSON")
 
     ev = sub.add_parser("eval", help="run methods over a benchmark: ASR / refusal rate, resumable (writes results.jsonl, summary.md, report.html)")
     ev.add_argument("--bench", required=True, choices=list(_bench_loaders()), help="benchmark format")
@@ -182,7 +183,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .eval.bench import BenchConfig, main as bench_main
 
     cfg = BenchConfig(model=args.model, new_tokens=args.new_tokens, repeats=args.repeats, prompts=args.prompts, output=args.output)
-    return bench_main(cfg, "python -m safety_demo " + " ".join(sys.argv[1:]))
+    return bench_main(cfg, "python -m safety_demo " + " ".join(sys.argv[1:]), json_path=args.json)
 
 
 def _method_names() -> tuple[str, ...]:

@@ -7,6 +7,7 @@ every weight once, so tokens/s ≤ memory bandwidth / model bytes.
 """
 from __future__ import annotations
 
+import json
 import platform
 import statistics
 import time
@@ -19,7 +20,11 @@ import torch
 from ..compare import CompareConfig, make_policies
 from ..decoding import GenerationConfig, SafeCoDePolicy, SafeSteerPolicy, VanillaPolicy, generate_many, run_to_end
 from ..models import Request, VLMAdapter, load_adapter
+from ..models.cpu import cpu_name
 from ..probe import get_probe
+
+JSON_FIELDS = ("vanilla_tok_s", "bound_tok_s", "safecode_ratio", "safesteer_ratio", "side_by_side_ratio",
+               "app_ratio", "vanilla_ttft_s", "cpu", "dtype")
 
 
 @dataclass
@@ -56,10 +61,16 @@ def matvec_bandwidth_gbs(repeats: int = 20) -> float:
 
 
 def model_bytes(adapter: VLMAdapter) -> int:
+    """Bytes one decode step streams: every weight once, except an input embedding table that is
+    only gathered (one row per token). Tied embeddings are streamed by the output head, once."""
     model = getattr(adapter, "model", None) or getattr(adapter, "lm", None)
     if model is None:
         return 0
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+    total = sum(p.numel() * p.element_size() for p in model.parameters())  # shared tensors counted once
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if embed is not None and (head is None or head.weight is not embed.weight):
+        total -= embed.weight.numel() * embed.weight.element_size()
+    return total
 
 
 def _requests(n: int) -> list[Request]:
@@ -102,6 +113,8 @@ def run_bench(cfg: BenchConfig, log=print) -> tuple[BenchResult, dict[str, Any]]
     facts = {
         "model": cfg.model,
         "model_id": adapter.model_id,
+        "cpu": cpu_name(),
+        "dtype": str(adapter.dtype).removeprefix("torch."),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "new_tokens": cfg.new_tokens,
         "repeats": cfg.repeats,
@@ -137,7 +150,7 @@ def report(result: BenchResult, facts: dict[str, Any], command: str) -> str:
     lines = [
         "# Performance",
         "",
-        f"Measured by `{command}` on {facts['machine']}. Model: `{facts['model']}` ({facts['model_mb']:.0f} MB of weights). "
+        f"Measured by `{command}` on {facts['cpu']}, {facts['dtype']} ({facts['machine']}). Model: `{facts['model']}` ({facts['model_mb']:.0f} MB of weights). "
         f"{facts['new_tokens']} new tokens per run (EOS ignored), {facts['prompts']} prompts × {facts['repeats']} repeats; "
         "every figure is a median, every ratio is taken within one repeat on the same prompt.",
         "",
@@ -154,18 +167,41 @@ def report(result: BenchResult, facts: dict[str, Any], command: str) -> str:
         f"| probe: fit (PCA + logistic regression) | {facts['probe_fit_seconds'] or float('nan'):.2f} s | < 60 s |",
         "",
         f"Bandwidth bound: a {8192}×{8192} fp32 matrix-vector product streams {facts['bandwidth_gbs']:.1f} GB/s here; "
-        f"{facts['model_mb']:.0f} MB of weights per token gives at most {bound:.1f} tok/s.",
+        f"a decode step streams {facts['model_mb']:.0f} MB of weights ({facts['dtype']}; the input embedding table is "
+        f"gathered, not streamed, unless the output head shares it), so at most {bound:.1f} tok/s.",
         "",
         NOTES,
     ]
     return "\n".join(lines) + "\n"
 
 
-def main(cfg: BenchConfig, command: str) -> int:
+def figures(result: BenchResult, facts: dict[str, Any]) -> dict[str, Any]:
+    """The named figures of `bench --json` (app_ratio is None: the app's streaming is not measured here)."""
+    def m(name: str) -> float | None:  # NaN (nothing measured) is not JSON
+        value = result.median(name)
+        return None if value != value else value
+
+    return {
+        "vanilla_tok_s": m("vanilla tok/s"),
+        "bound_tok_s": None if facts["bound_tps"] != facts["bound_tps"] else facts["bound_tps"],
+        "safecode_ratio": m("safecode decode ratio"),
+        "safesteer_ratio": m("safesteer ratio"),
+        "side_by_side_ratio": m("side-by-side / vanilla run (no judge)"),
+        "app_ratio": None,
+        "vanilla_ttft_s": m("vanilla TTFT s"),
+        "cpu": facts["cpu"],
+        "dtype": facts["dtype"],
+    }
+
+
+def main(cfg: BenchConfig, command: str, json_path: Path | None = None) -> int:
     result, facts = run_bench(cfg)
     text = report(result, facts, command)
     print(text)
     if cfg.output:
         cfg.output.parent.mkdir(parents=True, exist_ok=True)
         cfg.output.write_text(text)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps({**figures(result, facts), "facts": facts}, indent=1) + "\n")
     return 0

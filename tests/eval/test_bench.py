@@ -1,0 +1,48 @@
+"""`bench --json` writes the named figures; the bandwidth bound counts the bytes a step streams."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from safety_demo.eval.bench import JSON_FIELDS, BenchConfig, main, model_bytes
+
+
+class _LM(torch.nn.Module):
+    def __init__(self, tied: bool) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(100, 8)
+        self.body = torch.nn.Linear(8, 8, bias=False)
+        self.head = torch.nn.Linear(8, 100, bias=False)
+        if tied:
+            self.head.weight = self.embed.weight
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def get_output_embeddings(self):
+        return self.head
+
+
+class _Adapter:
+    def __init__(self, tied: bool) -> None:
+        self.model = _LM(tied)
+
+
+def test_streamed_bytes_skip_an_untied_embedding_table():
+    body, table = 8 * 8 * 4, 100 * 8 * 4
+    assert model_bytes(_Adapter(tied=False)) == body + table  # head streamed, embedding only gathered
+    assert model_bytes(_Adapter(tied=True)) == body + table  # the shared table streamed once, by the head
+
+
+@pytest.mark.slow  # a real bench run (fake model): about a minute on 2 cores
+def test_bench_json_has_the_named_figures(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAFETY_DEMO_FAKE_MODEL", "1")
+    out = tmp_path / "bench.json"
+    main(BenchConfig(model="fake", new_tokens=3, repeats=1, prompts=1, output=tmp_path / "PERF.md"), "test", json_path=out)
+    figures = json.loads(out.read_text())
+    assert set(JSON_FIELDS) <= set(figures)
+    assert figures["vanilla_tok_s"] > 0 and figures["side_by_side_ratio"] > 0
+    assert figures["dtype"] == "float32" and "cores" in figures["cpu"]
+    assert "Bandwidth bound" in (tmp_path / "PERF.md").read_text()
