@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser("fit-probe", help="fit SafeSteer's Decoding-Probe on the calibration set")
     fit.add_argument("--model", default=DEFAULT_MODEL)
     fit.add_argument("--refit", action="store_true", help="refit even if a probe file exists (reuses cached h₀)")
+    fit.add_argument("--re-extract", action="store_true", help="extract the calibration h₀ again even if cached or shipped (implies --refit; times the pass)")
     fit.add_argument("--components", type=_components, default="auto", help="PCA components: auto (smallest k within 0.01 AUROC of the best; default) or 4, 8, … 128 (paper: 4)")
     fit.add_argument("--ship", action="store_true", help="also copy the probe, the paper's 4-PC probe and the calibration h₀ into assets/probes/")
     return parser
@@ -158,7 +159,10 @@ def cmd_fit_probe(args: argparse.Namespace) -> int:
     from .probe import fit_for, get_probe, ship
 
     adapter = load_adapter(args.model)
-    probe = fit_for(adapter, components=args.components) if args.refit else get_probe(adapter, components=args.components)
+    if args.re_extract:
+        probe = fit_for(adapter, components=args.components, re_extract=True)
+    else:
+        probe = fit_for(adapter, components=args.components) if args.refit else get_probe(adapter, components=args.components)
     from .probe import describe_probe
 
     m = probe.metrics

@@ -136,11 +136,10 @@ NOTES = """How the ratios come out this way:
 - SafeSteer runs its top-k candidates as one batch of k rows for the 5 reranked steps, keeping the
   chosen row's cache and logits.
 - Side by side, one forward per step carries every method's rows: vanilla 1, SafeCoDe 2 (then 1) and
-  SafeSteer 1 (k = 5 while reranking). On this CPU, float32 matrix products with 4 or more rows switch
-  to a kernel that costs about twice as much per call as 1–3 rows. So keeping SafeCoDe's noised row
-  for every token (`--safecode-delta-after-steps`, which gives the delta view a value for every token)
-  puts 4 rows in every step. An earlier run of this benchmark with that row kept measured 2.13× one
-  vanilla run.
+  SafeSteer 1 (k = 5 while reranking). A decode step is memory-bound: its cost is streaming the
+  weights, which every row shares, as long as the matrix kernel batches small row counts well. The
+  built-in model runs in bfloat16 on CPUs with native bf16, where 3 rows cost about 1.1x one row; in
+  float32 on the same CPU 3 rows cost 2.7x one row (`python -m safety_demo.eval.dtype_speed`).
 """
 
 
@@ -156,13 +155,13 @@ def report(result: BenchResult, facts: dict[str, Any], command: str) -> str:
         "",
         "| metric | median | target |",
         "|---|---|---|",
-        f"| vanilla decode | {m('vanilla tok/s'):.2f} tok/s ({m('vanilla tok/s') / bound:.0%} of the {bound:.1f} tok/s bandwidth bound) | — |",
+        f"| vanilla decode | {m('vanilla tok/s'):.2f} tok/s ({m('vanilla tok/s') / bound:.0%} of the {bound:.1f} tok/s bandwidth bound) | ≥ 70% of the bound |",
         f"| vanilla time to first token | {m('vanilla TTFT s'):.2f} s (prefill {m('vanilla prefill s'):.2f} s) | — |",
-        f"| SafeCoDe decode tok/s ÷ vanilla | {m('safecode decode ratio'):.2f}× | ≥ 0.90× |",
+        f"| SafeCoDe decode tok/s ÷ vanilla | {m('safecode decode ratio'):.2f}× | ≥ 0.95× |",
         f"| SafeCoDe judge (caption + verdict) | {m('safecode judge s'):.1f} s = {m('safecode judge / vanilla run'):.2f}× one vanilla run | reported separately |",
         f"| SafeSteer tok/s ÷ vanilla | {m('safesteer ratio'):.2f}× | ≥ 0.95× |",
         f"| SafeSteer time to first token | {m('safesteer TTFT s'):.2f} s | — |",
-        f"| side-by-side (all three, one batch per step) ÷ one vanilla run, judge excluded | {m('side-by-side / vanilla run (no judge)'):.2f}× | ≤ 2.0× |",
+        f"| side-by-side (all three, one batch per step) ÷ one vanilla run, judge excluded | {m('side-by-side / vanilla run (no judge)'):.2f}× | ≤ 1.3× |",
         f"| probe: h₀ extraction over the calibration set (first use) | {facts['probe_extract_seconds'] or float('nan'):.0f} s | — |",
         f"| probe: fit (PCA + logistic regression) | {facts['probe_fit_seconds'] or float('nan'):.2f} s | < 60 s |",
         "",

@@ -51,12 +51,12 @@ def features_path(model_id: str, key: str | None = None) -> Path:
     return probe_path(model_id, key).with_suffix(".features.npz")
 
 
-def calibration_features(adapter: VLMAdapter, key: str, progress: bool = True, batch_size: int = 8) -> dict[str, np.ndarray]:
+def calibration_features(adapter: VLMAdapter, key: str, progress: bool = True, batch_size: int = 8, re_extract: bool = False) -> dict[str, np.ndarray]:
     """h₀ of every calibration item (cached next to the probe: refits need no model calls)."""
     from ..data.calibration import calibration_items, image_for
 
     path = features_path(adapter.model_id, key)
-    for candidate in (path, SHIPPED_DIR / path.name):  # this machine's cache, else the project's (every k refits in a second)
+    for candidate in () if re_extract else (path, SHIPPED_DIR / path.name):  # this machine's cache, else the project's (every k refits in a second)
         if candidate.is_file():
             try:
                 with np.load(candidate, allow_pickle=False) as z:
@@ -81,10 +81,10 @@ def calibration_features(adapter: VLMAdapter, key: str, progress: bool = True, b
     return feats
 
 
-def fit_for(adapter: VLMAdapter, progress: bool = True, components: int | str = AUTO) -> DecodingProbe:
+def fit_for(adapter: VLMAdapter, progress: bool = True, components: int | str = AUTO, re_extract: bool = False) -> DecodingProbe:
     """Extract (or reuse) calibration h₀, fit, save; returns the probe with its metrics."""
     key = calibration_key()
-    feats = calibration_features(adapter, key, progress=progress)
+    feats = calibration_features(adapter, key, progress=progress, re_extract=re_extract)
     probe = fit_probe(feats["h"], feats["labels"], feats["compositions"], feats["splits"], adapter.model_id, key, n_components=components)
     probe.metrics["extract_seconds"] = float(feats["extract_seconds"])
     probe.save(probe_path(adapter.model_id, key, components))

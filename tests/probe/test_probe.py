@@ -99,6 +99,21 @@ def test_shipped_probe_is_used_when_the_cache_has_none(fake, small_calibration, 
     np.testing.assert_array_equal(get_probe(fake, progress=False).weight, fitted.weight)
 
 
+def test_re_extract_runs_the_model_although_h0_are_cached(fake, small_calibration, monkeypatch):
+    """`fit-probe --re-extract` times a real calibration pass: cached h₀ must not short-cut it."""
+    from safety_demo.probe import calibration_features, calibration_key
+
+    key = calibration_key()
+    calibration_features(fake, key, progress=False)  # cached now
+    calls = []
+    real = probe_pkg.extract_h0
+    monkeypatch.setattr(probe_pkg, "extract_h0", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calibration_features(fake, key, progress=False)
+    assert calls == []  # the cache answered
+    feats = calibration_features(fake, key, progress=False, re_extract=True)
+    assert calls == [1] and feats["h"].shape[0] > 0
+
+
 def test_auto_keeps_the_smallest_k_within_tolerance_of_the_best(fake, small_calibration):
     from safety_demo.probe.probe import AUTO_TOLERANCE
 
