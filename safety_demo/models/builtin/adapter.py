@@ -12,7 +12,7 @@ and how they reach it (`VISION_NOTE`). Without it the LM, a text model, answers 
 but I can't assist with that." to "What is in this image?" about a daisy. A blank page, where
 the vision module reports nothing, keeps the plain default turn: with the note on every image
 turn, the text-only harmful requests of the calibration set (blank page) were refused 22/55
-times instead of 35/55 (docs/METHODS.md, "The built-in model's image turn").
+times instead of 35/55 (docs/RESULTS.md §0).
 
 The visual embeddings are, in order:
   1. one soft token  sum_c p_c * E(name_c)  over the recogniser's top-10 ImageNet classes
