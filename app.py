@@ -14,19 +14,14 @@ from pathlib import Path
 import gradio as gr
 import torch
 
-from safety_demo.compare import METHODS, TITLES, CompareConfig, Column, compare
-from safety_demo.decoding import Trace
-from safety_demo.explain import walkthrough
-from safety_demo.inputs import InputError, clean_prompt, load_image
-from safety_demo.models import DEFAULT_MODEL, Request, model_choices
+from safety_demo.data.examples import EXAMPLES, ensure_examples
+from safety_demo.inputs import InputError
+from safety_demo.methods import METHODS, Knob, knob_groups
+from safety_demo.models import DEFAULT_MODEL, model_choices
 from safety_demo.ui import notes
-from safety_demo.ui.examples import EXAMPLES, ensure_examples
-from safety_demo.ui.knobs import KNOBS, Knob, read_configs
-from safety_demo.ui.session import UserFacingError, calibration_points, export, model, probe_for
-from safety_demo.viz import empty_figure
-from safety_demo.viz.contrast import contrastive_delta_figure
-from safety_demo.viz.hidden_map import PROJECTIONS, hidden_state_map, warm_up_umap
-from safety_demo.viz.inspector import step_figure, step_table
+from safety_demo.ui import run as run_views
+from safety_demo.ui.session import UserFacingError, model, probe_for
+from safety_demo.viz.hidden_map import PROJECTIONS, warm_up_umap
 
 try:  # ZeroGPU on Hugging Face Spaces; a no-op decorator anywhere else
     import spaces
@@ -44,7 +39,7 @@ CSS = """
 """
 
 
-# ---------------------------------------------------------------- callbacks (thin wrappers)
+# ---------------------------------------------------------------- callbacks (one library call each)
 def _fail(exc: Exception) -> gr.Error:
     """Every failure reaches the user as one short sentence, never a traceback."""
     if isinstance(exc, (InputError, UserFacingError, ValueError)):
@@ -56,30 +51,6 @@ def _fail(exc: Exception) -> gr.Error:
         return gr.Error("The model ran out of GPU memory on this request. Try fewer new tokens, a smaller image or a smaller model.", print_exception=False)
     log.exception("unexpected failure")
     return gr.Error(f"Something went wrong ({type(exc).__name__}: {exc}). The app is still running; try again.", print_exception=False)
-
-
-def _stats(col: Column) -> str:
-    if col.error:
-        return f"⚠️ **failed:** {col.error}"
-    if col.trace is not None:
-        m = col.trace.meta
-        judge = f" · judge {m['prepare_seconds']:.1f}s" if "judge" in m else ""
-        return f"{len(col.trace)} tokens · **{col.trace.tokens_per_second:.1f} tok/s** · first token {m['ttft_seconds'] or 0:.1f}s · total {m['total_seconds']:.1f}s{judge}"
-    return f"{col.n_tokens} tokens · {col.seconds:.1f}s …"
-
-
-def _method_info(method: str, trace: Trace | None) -> str:
-    if trace is None:
-        return ""
-    m = trace.meta
-    if method == "safecode" and "judge" in m:
-        j = m["judge"]
-        return f"**Caption:** {j['caption'] or '—'}  \n**Verdict:** `{j['verdict']}` ({j['source']}; raw: “{j['raw'][:60]}”) · α = {m.get('alpha')}"
-    if method == "safesteer" and "msav" in m:
-        s = m["msav"]
-        after = f" → h̄₀ {s['h0bar_score']:.2f}" if s.get("h0bar_score") is not None else ""
-        return f"**P(harmful | h₀):** {s['h0_score']:.2f}{after} · **MSAV** {'fired' if s['fired'] else 'did not fire'}  \n{m.get('probe', '')}"
-    return "The model's own answer, greedy or sampled."
 
 
 def _upload_path(payload) -> str | None:
@@ -101,87 +72,41 @@ def _upload_path(payload) -> str | None:
     return path
 
 
-def run(image, prompt, model_name, *knob_values):
-    """Generate: stream three columns, then fill every view."""
+def _columns(columns) -> dict:
+    update = {}
+    for m, col in columns.items():
+        update.update({answers[m]: col.tokens, stats[m]: run_views.column_stats(col), infos[m]: run_views.column_info(col)})
+    return update
+
+
+def generate(image, prompt, model_name, projection, method, *knob_values):
+    """Generate: stream every column, then fill every view."""
     try:
-        prompt = clean_prompt(prompt)
-        image = load_image(_upload_path(image))
-        generation, safecode, safesteer = read_configs(list(knob_values))
-        adapter = model(model_name)
-        yield {status: "Preparing: SafeCoDe's judge is captioning the image; SafeSteer's probe is loading…"}
-        probe = probe_for(adapter, safesteer.probe_components)
+        started = run_views.start(_upload_path(image), prompt, model_name, list(knob_values))
+        yield {status: "Decoding every method in one batch per step (SafeCoDe's judge runs as extra rows)…"}
+        columns = {}
+        for columns in run_views.stream(started):
+            yield _columns(columns)
+        done = run_views.finish(started, columns, projection, method)
     except Exception as exc:
         raise _fail(exc)
-    config = CompareConfig(generation=generation, safecode=safecode, safesteer=safesteer)
-    columns = None
-    try:
-        for columns in compare(adapter, Request(image, prompt), config, probe):
-            update = {status: "Decoding all three in one batch per step…"}
-            for m, col in columns.items():
-                update[answers[m]] = col.tokens
-                update[stats[m]] = _stats(col)
-            yield update
-    except Exception as exc:  # the model forward itself failed (e.g. out of memory)
-        raise _fail(exc)
-    traces = {m: c.trace for m, c in columns.items() if c.trace is not None}
-    figures = _figures(traces, adapter, "PCA", config.methods[0])
-    json_path, html_path = export(traces, figures)
-    judge = traces["safecode"].meta["prepare_seconds"] if "safecode" in traces else 0.0
-    message = "Done. Explore the views below."
-    if judge:
-        message += f" All three columns started after SafeCoDe's judge ({judge:.1f} s), so their first-token times include it."
-    if any(c.error for c in columns.values()):
-        message += " ⚠️ One method failed; see its column."
-    done = {status: message}
-    for m, col in columns.items():
-        done.update({answers[m]: col.tokens, stats[m]: _stats(col), infos[m]: _method_info(m, col.trace)})
-    longest = max((len(t) for t in traces.values()), default=1)
-    done.update({
-        story: walkthrough(traces),
-        delta_plot: figures["delta"],
-        map_plot: figures["map"],
-        step_plot: figures["step"],
-        step_rows: step_table(traces[config.methods[0]], 0) if len(traces.get(config.methods[0], [])) else [],
-        step_slider: gr.update(maximum=max(longest - 1, 0), value=0),
-        run_state: traces,
-        export_json: json_path,
-        export_html: html_path,
-    })
-    yield done
-
-
-def _figures(traces: dict[str, Trace], adapter, projection: str, method: str) -> dict:
-    calib = calibration_points(adapter)
-    hidden_map = (
-        hidden_state_map(*calib, traces, method=projection) if calib is not None
-        else empty_figure("Hidden-state map", "No calibration features for this model yet (fit the probe first).")
-    )
-    first = traces.get(method)
-    return {
-        "delta": contrastive_delta_figure(traces),
-        "map": hidden_map,
-        "step": step_figure(first, 0) if first is not None and len(first) else empty_figure("Step inspector", "No tokens."),
+    yield {
+        **_columns(done.columns), status: done.message, story: done.story, delta_plot: done.delta, map_plot: done.map,
+        step_plot: done.step, step_rows: done.step_rows, step_slider: gr.update(maximum=max(done.steps - 1, 0), value=0),
+        run_state: done.run, export_json: done.json_path, export_html: done.html_path,
     }
 
 
-def inspect(traces, method, step):
-    """Step inspector: one method, one step."""
-    trace = (traces or {}).get(method)
-    if trace is None or not len(trace):
-        return {step_plot: empty_figure("Step inspector", "Run a generation first."), step_rows: []}
-    step = min(int(step or 0), len(trace) - 1)
-    return {step_plot: step_figure(trace, step), step_rows: step_table(trace, step)}
+def inspect(run, method, step):
+    """Step inspector: one method, one step of the run in this session."""
+    figure, rows = run_views.step_view(run, method, step)
+    return {step_plot: figure, step_rows: rows}
 
 
-def remap(traces, projection, model_name):
-    """Re-project the hidden-state map (t-SNE / UMAP take seconds)."""
-    if not traces:
-        return {map_plot: empty_figure("Hidden-state map", "Run a generation first.")}
+def remap(run, projection):
+    """Re-project the hidden-state map of the run in this session (t-SNE / UMAP take seconds)."""
     try:
-        calib = calibration_points(model(model_name))
-        if calib is None:
-            return {map_plot: empty_figure("Hidden-state map", "No calibration features for this model yet.")}
-        return {map_plot: hidden_state_map(*calib, traces, method=projection)}
+        return {map_plot: run_views.map_view(run, projection)}
     except Exception as exc:
         raise _fail(exc)
 
@@ -215,7 +140,7 @@ with gr.Blocks(title="safety_demo: safety-steering decoding, token by token", de
             with gr.Accordion("Method knobs (named defaults)", open=False):
                 controls = []
                 with gr.Tabs():
-                    for group, knobs in KNOBS.items():
+                    for group, knobs in knob_groups().items():
                         with gr.Tab(group):
                             with gr.Row():
                                 controls += [_control(k) for k in knobs]
@@ -227,12 +152,12 @@ with gr.Blocks(title="safety_demo: safety-steering decoding, token by token", de
 
     answers, stats, infos = {}, {}, {}
     with gr.Row(equal_height=False):
-        for m in METHODS:
+        for m, method in METHODS.items():
             with gr.Column(elem_classes="answer-col"):
-                gr.Markdown(f"### {TITLES[m]}")
+                gr.Markdown(f"### {method.title}")
                 stats[m] = gr.Markdown("", elem_id=f"stats-{m}")
                 answers[m] = gr.HighlightedText(
-                    label=f"{TITLES[m]} answer", show_legend=m == "vanilla", combine_adjacent=False,
+                    label=f"{method.title} answer", show_legend=m == "vanilla", combine_adjacent=False,
                     elem_id=f"answer-{m}", color_map=None,
                 )
                 infos[m] = gr.Markdown("", elem_id=f"info-{m}")
@@ -246,24 +171,24 @@ with gr.Blocks(title="safety_demo: safety-steering decoding, token by token", de
         with gr.Tab("Step inspector"):
             gr.Markdown(notes.INSPECTOR)
             with gr.Row():
-                step_method = gr.Radio(list(METHODS), value="safesteer", label="Method")
+                step_method = gr.Radio([(m.title, m.name) for m in METHODS.values()], value=list(METHODS)[-1], label="Method", elem_id="step-method")
                 step_slider = gr.Slider(0, 1, value=0, step=1, label="Step (token index)")
             step_plot = gr.Plot(elem_id="step-plot")
             step_rows = gr.JSON(label="Candidates at this step")
         with gr.Tab("Hidden-state map"):
             gr.Markdown(notes.MAP)
-            projection_in = gr.Radio(list(PROJECTIONS), value="PCA", label="Projection")
+            projection_in = gr.Radio(list(PROJECTIONS), value="PCA", label="Projection", elem_id="projection")
             map_plot = gr.Plot(elem_id="map-plot")
         with gr.Tab("Export"):
             gr.Markdown("Download this run: every trace as JSON (tokens, candidates, probabilities, scores, judge, MSAV) and the figures as one HTML page.")
             export_json = gr.File(label="Trace (JSON)", elem_id="export-json")
             export_html = gr.File(label="Figures (HTML)", elem_id="export-html")
-    run_state = gr.State({})
+    run_state = gr.State(None)  # the finished run (its traces and its model): every view reads it
 
     # ------------------------------------------------------------ listeners
     generate_btn.click(
-        gpu(run),
-        inputs=[image_in, prompt_in, model_in, *controls],
+        gpu(generate),
+        inputs=[image_in, prompt_in, model_in, projection_in, step_method, *controls],
         outputs=[status, *answers.values(), *stats.values(), *infos.values(), story, delta_plot, map_plot,
                  step_plot, step_rows, step_slider, run_state, export_json, export_html],
         api_name="generate",
@@ -271,7 +196,7 @@ with gr.Blocks(title="safety_demo: safety-steering decoding, token by token", de
     )
     step_method.change(inspect, inputs=[run_state, step_method, step_slider], outputs=[step_plot, step_rows])
     step_slider.release(inspect, inputs=[run_state, step_method, step_slider], outputs=[step_plot, step_rows])
-    projection_in.change(remap, inputs=[run_state, projection_in, model_in], outputs=[map_plot])
+    projection_in.change(remap, inputs=[run_state, projection_in], outputs=[map_plot])
 
 demo.queue(max_size=int(os.environ.get("SAFETY_DEMO_QUEUE", 16)), default_concurrency_limit=1)
 

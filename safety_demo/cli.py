@@ -7,11 +7,10 @@ import os
 import sys
 from pathlib import Path
 
-from .decoding import POLICIES, GenerationConfig, SafeCoDeConfig, SafeSteerConfig, generate
+from .decoding import GenerationConfig, generate
 from .inputs import InputError, clean_prompt, load_image
+from .methods import METHODS, build, method_names
 from .models import DEFAULT_MODEL, ModelLoadError, Request, load_adapter, model_choices
-
-POLICY_CONFIGS = {"safecode": SafeCoDeConfig, "safesteer": SafeSteerConfig}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type, prefix: str) -> None:
@@ -40,20 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m safety_demo", description="Safety-steering decoding, token by token.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate", help="decode one image + prompt, streaming the answer")
-    gen.add_argument("--image", required=True, help="path of the image (PNG, JPEG, ...)")
-    gen.add_argument("--prompt", required=True, help="the user's request")
-    gen.add_argument("--model", default=DEFAULT_MODEL, help=f"builtin, builtin-fast, a preset or an allowed repo id (default {DEFAULT_MODEL})")
-    gen.add_argument("--method", default="vanilla", choices=list(POLICIES))
+    gen = sub.add_parser("generate", help="decode one image + prompt with one method, streaming the answer")
+    _add_request_flags(gen)
+    gen.add_argument("--method", default="vanilla", choices=list(method_names()))
     gen.add_argument("--trace", type=Path, help="write the trace as JSON here")
     gen.add_argument("--trace-hidden", action="store_true", help="include hidden states in the trace JSON (large)")
-    defaults = GenerationConfig()
-    gen.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
-    gen.add_argument("--temperature", type=float, default=defaults.temperature, help="0 = greedy")
-    gen.add_argument("--top-p", type=float, default=defaults.top_p)
-    gen.add_argument("--seed", type=int, default=defaults.seed)
-    for prefix, cls in POLICY_CONFIGS.items():
-        _add_config_flags(gen, cls, prefix)
+
+    cmp = sub.add_parser("compare", help="decode one image + prompt with every method side by side, in one batch per step")
+    _add_request_flags(cmp)
+    cmp.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, among {', '.join(method_names())}")
+    cmp.add_argument("--json", type=Path, metavar="FILE", help="write every method's trace as JSON here")
 
     sub.add_parser("models", help="list the models this install can load by name")
 
@@ -71,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="run methods over a benchmark: ASR / refusal rate, resumable (writes results.jsonl, summary.md, report.html)")
     ev.add_argument("--bench", required=True, choices=list(_bench_loaders()), help="benchmark format")
     ev.add_argument("--data", required=True, type=Path, help="the benchmark's folder (or its main file)")
-    ev.add_argument("--methods", default="vanilla,safecode,safesteer", help=f"comma-separated, among {', '.join(_method_names())}")
+    ev.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, among {', '.join(method_names())}")
     ev.add_argument("--model", default=DEFAULT_MODEL)
     ev.add_argument("--limit", type=int, help="at most N items, spread over categories (default: all)")
     ev.add_argument("--out", type=Path, help="run folder; rerun with the same folder to resume (default out/eval/<bench>-<model>)")
@@ -89,56 +84,106 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _policy(args: argparse.Namespace):
-    cls = POLICIES[args.method]
-    prefix = args.method
-    if prefix not in POLICY_CONFIGS:
-        return cls()
-    knobs = {k.split("__", 1)[1]: v for k, v in vars(args).items() if k.startswith(f"{prefix}__")}
-    return cls(config=POLICY_CONFIGS[prefix](**knobs))
+def _add_request_flags(parser: argparse.ArgumentParser) -> None:
+    """--image, --prompt, --model, the generation knobs and every registered method's knobs."""
+    parser.add_argument("--image", required=True, help="path of the image (PNG, JPEG, ...)")
+    parser.add_argument("--prompt", required=True, help="the user's request")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"builtin, builtin-fast, a preset or an allowed repo id (default {DEFAULT_MODEL})")
+    defaults = GenerationConfig()
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=defaults.top_p)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    for method in METHODS.values():
+        if method.config is not None:
+            _add_config_flags(parser, method.config, method.name)
+
+
+def _read_request(args: argparse.Namespace) -> tuple[Request, GenerationConfig, dict]:
+    """The request, the generation config and each method's config from the flags."""
+    request = Request(image=load_image(args.image), prompt=clean_prompt(args.prompt))
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    configs = {}
+    for method in (m for m in METHODS.values() if m.config is not None):
+        knobs = {k.split("__", 1)[1]: v for k, v in vars(args).items() if k.startswith(f"{method.name}__")}
+        configs[method.name] = method.config(**knobs)
+    return request, config, configs
+
+
+def _summary(trace) -> str:
+    """One line after an answer: length, speed, and what the method read before decoding."""
+    extra = ""
+    if trace.judge is not None:
+        extra = f"; judge: {trace.judge.verdict} ({trace.judge.source}), caption: {trace.judge.caption!r}"
+    if trace.msav is not None:
+        extra = f"; P(harmful|h₀)={trace.probe_h0:.3f}, MSAV {'fired' if trace.msav.fired else 'off'}; {trace.probe}"
+    if trace.error:
+        extra += f"; FAILED: {trace.error}"
+    ttft = trace.timings.ttft
+    return f"[{trace.method}] {len(trace)} tokens, {trace.tokens_per_second:.1f} tok/s, first token after {ttft or 0:.2f}s{extra}"
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    prompt = clean_prompt(args.prompt)
-    image = load_image(args.image)
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    policy = _policy(args)
+    request, config, configs = _read_request(args)
     adapter = load_adapter(args.model)
+    probe = _existing_probe(adapter, configs)
+    policy = build(args.method, adapter, request, configs, probe)  # SafeCoDe's judge decodes here
     trace = None
-    for event in generate(adapter, Request(image=image, prompt=prompt), policy, config):
+    for event in generate(adapter, request, policy, config):
         if event.done:
             trace = event.trace
         elif event.token_id not in adapter.eos_token_ids:
             print(event.piece, end="", flush=True)
     print()
-    _add_probe_scores(adapter, trace, args)
-    m = trace.meta
-    extra = ""
-    if "judge" in m:
-        extra = f"; judge: {m['judge']['verdict']} ({m['judge']['source']}), caption: {m['judge']['caption']!r}"
-    if "msav" in m:
-        extra = f"; P(harmful|h₀)={m['msav']['h0_score']:.3f}, MSAV {'fired' if m['msav']['fired'] else 'off'}; {m.get('probe', '')}"
-    print(
-        f"[{trace.method}] {len(trace)} tokens, {trace.tokens_per_second:.1f} tok/s, "
-        f"first token after {m['ttft_seconds']:.2f}s{extra}",
-        file=sys.stderr,
-    )
+    if probe is not None:
+        from .decoding import add_probe_scores
+
+        add_probe_scores(trace, probe)
+    print(_summary(trace), file=sys.stderr)
     if args.trace:
         trace.save_json(args.trace, include_hidden=args.trace_hidden)
         print(f"trace written to {args.trace}", file=sys.stderr)
     return 0
 
 
-def _add_probe_scores(adapter, trace, args: argparse.Namespace) -> None:
-    """Per-token P(harmful) for any method's trace, when a probe for this model exists already."""
-    from .decoding import add_probe_scores
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Every method side by side; the answers are printed one after the other when all are done."""
+    import json
+
+    from .compare import CompareConfig, compare
+
+    request, config, configs = _read_request(args)
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    unknown = [m for m in methods if m not in method_names()]
+    if unknown or not methods:
+        raise InputError(f"Unknown method(s) {unknown}; choose among: {', '.join(method_names())}")
+    adapter = load_adapter(args.model)
+    probe = _existing_probe(adapter, configs)
+    columns = {}
+    for columns in compare(adapter, request, CompareConfig(config, configs, methods), probe, refresh=1.0):
+        done = sum(c.done for c in columns.values())
+        print(f"\r{done}/{len(columns)} done · " + " · ".join(f"{n}: {c.n_tokens}" for n, c in columns.items()), end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    for name, col in columns.items():
+        print(f"── {name} " + "─" * max(0, 60 - len(name)))
+        print(col.text.strip() if col.trace is not None else f"(failed: {col.error})")
+        if col.trace is not None:
+            print(_summary(col.trace), file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps({n: c.trace.to_dict() for n, c in columns.items() if c.trace is not None}, ensure_ascii=False, indent=1))
+        print(f"traces written to {args.json}", file=sys.stderr)
+    return 0 if all(c.error is None for c in columns.values()) else 1
+
+
+def _existing_probe(adapter, configs: dict):
+    """The probe for per-token P(harmful) and SafeSteer, if one exists (shipped or fitted); None otherwise."""
     from .probe import ProbeError, get_probe
 
+    components = configs["safesteer"].probe_components if "safesteer" in configs else "auto"
     try:
-        probe = get_probe(adapter, fit_if_missing=False, progress=False, components=args.safesteer__probe_components)
+        return get_probe(adapter, fit_if_missing=False, progress=False, components=components)
     except ProbeError:
-        return  # no probe yet: `fit-probe` makes one; generating never waits for it
-    add_probe_scores(trace, probe)
+        return None  # SafeSteer then fits one on first use (slow, once); `fit-probe` makes one ahead
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -190,12 +235,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(cfg, "python -m safety_demo " + " ".join(sys.argv[1:]), json_path=args.json)
 
 
-def _method_names() -> tuple[str, ...]:
-    from .compare import method_names
-
-    return method_names()
-
-
 def _bench_loaders() -> dict:
     from .eval.loaders import LOADERS
 
@@ -213,7 +252,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return eval_main(cfg)
 
 
-COMMANDS = {"bench": cmd_bench, "generate": cmd_generate, "models": cmd_models, "setup": cmd_setup, "fit-probe": cmd_fit_probe, "eval": cmd_eval}
+COMMANDS = {"bench": cmd_bench, "compare": cmd_compare, "generate": cmd_generate, "models": cmd_models, "setup": cmd_setup, "fit-probe": cmd_fit_probe, "eval": cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:

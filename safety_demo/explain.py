@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 
-from .compare import TITLES
-from .decoding import Trace
+from .methods import METHODS, title
+from .trace import Trace
 
 
 def _tok(text: str) -> str:
@@ -34,36 +34,36 @@ def walkthrough(traces: dict[str, Trace]) -> str:
     if vanilla is not None and len(vanilla):
         lines.append(f"**Vanilla** (the model alone) starts with {_tok(''.join(vanilla.tokens[:6]))} …")
     sc = traces.get("safecode")
-    if sc is not None and "judge" in sc.meta:
-        j = sc.meta["judge"]
-        how = {"parsed": "its own words", "logit-fallback": "its first-token odds (it said neither word)", "override": "your override"}.get(j["source"], j["source"])
+    if sc is not None and sc.judge is not None:
+        j = sc.judge
+        how = {"parsed": "its own words", "logit-fallback": "its first-token odds (it said neither word)", "override": "your override"}.get(j.source, j.source)
         lines.append(
-            f"**SafeCoDe's judge** captioned the image as *{j['caption'] or '(empty)'}* and, from the prompt and that caption, "
-            f"called the request **{j['verdict']}** (decided by {how}). So SafeCoDe contrasts the real image with a noised copy "
-            f"using α = {sc.meta.get('alpha')} and, for the first tokens, "
-            + ("forces a refusal opening." if j["verdict"] == "unsafe" else "halves the probability of refusal tokens.")
+            f"**SafeCoDe's judge** captioned the image as *{j.caption or '(empty)'}* and, from the prompt and that caption, "
+            f"called the request **{j.verdict}** (decided by {how}). So SafeCoDe contrasts the real image with a noised copy "
+            f"using α = {sc.facts.get('alpha')} and, for the first tokens, "
+            + ("forces a refusal opening." if j.verdict == "unsafe" else "halves the probability of refusal tokens.")
         )
     ss = traces.get("safesteer")
-    if ss is not None and "msav" in ss.meta:
-        m = ss.meta["msav"]
+    if ss is not None and ss.msav is not None:
+        m = ss.msav
         fired = (
-            f"above the threshold, so **MSAV fired**: h₀ was moved along the image-vs-text harm direction and the probe now says {_pct(m.get('h0bar_score'))}."
-            if m["fired"] else "below the threshold, so MSAV did not fire (h₀ left as it is)."
+            f"above the threshold, so **MSAV fired**: h₀ was moved along the image-vs-text harm direction and the probe now says {_pct(m.h0bar_score)}."
+            if m.fired else "below the threshold, so MSAV did not fire (h₀ left as it is)."
         )
-        lines.append(f"**SafeSteer's probe** reads P(harmful) = {_pct(m['h0_score'])} from the prompt's last hidden state h₀: {fired}")
-    for name in ("safecode", "safesteer"):
+        lines.append(f"**SafeSteer's probe** reads P(harmful) = {_pct(ss.probe_h0)} from the prompt's last hidden state h₀: {fired}")
+    for name in (n for n in METHODS if n != "vanilla"):
         t = traces.get(name)
         if t is None or vanilla is None or not len(t):
             continue
         step = first_divergence(vanilla, t)
         if step is None:
-            lines.append(f"**{TITLES[name]}** chose the same tokens as vanilla for as long as both ran: the method did not change this answer.")
+            lines.append(f"**{title(name)}** chose the same tokens as vanilla for as long as both ran: the method did not change this answer.")
             continue
         why = _why(t, step)
         lines.append(
-            f"**{TITLES[name]}** first differs at step {step}: vanilla chose {_tok(vanilla.tokens[step])}, "
-            f"{TITLES[name]} chose {_tok(t.tokens[step])} ({t.actions[step]}). {why} "
-            f"→ Open the *Step inspector*, pick {TITLES[name]} and step {step}."
+            f"**{title(name)}** first differs at step {step}: vanilla chose {_tok(vanilla.tokens[step])}, "
+            f"{title(name)} chose {_tok(t.tokens[step])} ({t.actions[step]}). {why} "
+            f"→ Open the *Step inspector*, pick {title(name)} and step {step}."
         )
     lines.append(
         "**Where to look next:** the token colours show the probe's P(harmful) of each answer token; "

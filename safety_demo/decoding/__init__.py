@@ -1,47 +1,31 @@
-"""Decoding: one engine, small policy objects. `POLICIES` feeds CLI choices and UI columns."""
+"""Decoding: one engine, small policy objects. The method registry is `safety_demo.methods`."""
 from __future__ import annotations
 
-from .engine import GenerationConfig, StepEvent, generate, generate_many, run_to_end, sample_token
-from .policy import Decision, Policy, StepInput, VanillaPolicy
+from ..trace import ACTIONS, CAPTURES, StepRecord, Trace
+from .engine import Engine, GenerationConfig, StepEvent, generate, generate_many, run_to_end, sample_token
+from .policy import Decision, Policy, VanillaPolicy, View
 from .safecode import SafeCoDeConfig, SafeCoDePolicy
 from .safesteer import SafeSteerConfig, SafeSteerPolicy, add_probe_scores
-from .trace import ACTIONS, StepRecord, Trace
-
-POLICIES: dict[str, type[Policy]] = {
-    "vanilla": VanillaPolicy,
-    "safecode": SafeCoDePolicy,
-    "safesteer": SafeSteerPolicy,
-}
-
-
-def make_policy(name: str, **knobs) -> Policy:
-    """Build a policy by name; an unknown name lists the options."""
-    try:
-        cls = POLICIES[name]
-    except KeyError:
-        raise ValueError(f"Unknown method {name!r}; choose one of: {', '.join(POLICIES)}") from None
-    return cls(**knobs)
-
 
 __all__ = [
     "ACTIONS",
+    "CAPTURES",
     "Decision",
+    "Engine",
     "GenerationConfig",
-    "POLICIES",
+    "Policy",
     "SafeCoDeConfig",
     "SafeCoDePolicy",
     "SafeSteerConfig",
     "SafeSteerPolicy",
-    "add_probe_scores",
-    "Policy",
     "StepEvent",
-    "StepInput",
     "StepRecord",
     "Trace",
     "VanillaPolicy",
+    "View",
+    "add_probe_scores",
     "generate",
     "generate_many",
-    "make_policy",
     "run_to_end",
     "sample_token",
 ]

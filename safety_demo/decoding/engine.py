@@ -1,22 +1,26 @@
 """One step-wise decoding engine for every method.
 
-The engine owns the model calls and the KV cache; a `Policy` only turns logits into a
-decision. `generate` yields one `StepEvent` per token (for streaming) and a final event
-carrying the `Trace`.
+The engine owns the model calls and the KV cache; a `Policy` only turns what it is shown
+into a decision. Every live method ("lane") has rows in ONE batch, and each step is ONE
+forward over all of them: vanilla's row, SafeCoDe's real and noised rows, SafeSteer's k
+candidate rows. A lane can join between steps (`Engine.add`); its rows are prefilled and
+appended to the shared cache. `generate` yields one `StepEvent` per token, then a final
+event carrying the `Trace`.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Generator, Iterator
 
 import numpy as np
 import torch
 
 from ..inputs import LIMITS, InputError
-from ..models.base import ForwardOut, Request, VLMAdapter
-from .policy import Decision, Policy, StepInput, VanillaPolicy
-from .trace import StepRecord, Trace
+from ..models.base import DecodeState, ForwardOut, Request, VLMAdapter
+from ..trace import StepRecord, Timings, Trace
+from .policy import RUN_FACTS, Decision, Policy, VanillaPolicy, View
+from .rows import RowMap
 
 
 @dataclass
@@ -66,38 +70,223 @@ def sample_token(logits: torch.Tensor, config: GenerationConfig, generator: torc
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 
+
+@dataclass(frozen=True)
+class Decode:
+    """A decode a method needs before it can start (SafeCoDe's caption, its verdict): vanilla, greedy."""
+
+    request: Request
+    config: GenerationConfig
+    label: str  # "caption", "verdict": names its lane in the batch
+    adapter: VLMAdapter | None = None  # the model that runs it (a second judge); None = the decoding model
+
+
+Preparation = Generator[Decode, Trace, Any]  # yields the decodes it needs, is sent their traces, returns its result
+
+
+def drive(prep: Preparation | Any, adapter: VLMAdapter) -> Any:
+    """Run a preparation's decodes one after the other, alone; return its result.
+
+    Anything that is not a generator is already the result (a method with nothing to prepare).
+    """
+    if not isinstance(prep, Generator):
+        return prep
+    try:
+        decode = next(prep)
+        while True:
+            decode = prep.send(run_to_end(decode.adapter or adapter, decode.request, VanillaPolicy(), decode.config))
+    except StopIteration as stop:
+        return stop.value
+
+
 @dataclass
-class _Lane:
-    """One method's share of a (possibly shared) batch: its rows, memory and record so far."""
+class Lane:
+    """One method's decode: its policy, what it shows the policy next and what it has produced."""
 
     name: str
     policy: Policy
-    run: dict
-    generator: torch.Generator  # per lane, so a method samples the same alone or side by side
-    n_rows: int  # R: rows this method decodes (vanilla 1, SafeCoDe 2: real + noised)
-    out: ForwardOut | None = None  # logits [R, V] / hidden [R, D] for the next choice (rows view only)
-    h0: np.ndarray | None = None
-    h_bar: torch.Tensor | None = None
+    requests: list[Request]  # its rows: [real] or [real, noised]; row 0 is the user's request
+    rng: torch.Generator  # its own, so a method samples the same alone or side by side
+    t_added: float  # when the request for this lane started (TTFT counts from here)
+    config: GenerationConfig  # its own length, candidates recorded and hidden states kept
+    logits: torch.Tensor | None = None  # [R, V] the model's own next-token logits of its rows
+    hidden: torch.Tensor | None = None  # [R, D] the hidden states that produced them
+    state: Any = None  # the policy's per-run state, from its last decision
+    view: View | None = None  # what the policy was shown this step
+    decision: Decision | None = None  # and what it answered
+    token: int = -1  # the sampled or forced token of a non-lookahead step
     generated: list[int] = field(default_factory=list)
     steps: list[StepRecord] = field(default_factory=list)
-    decision: Decision | None = None
-    inp: StepInput | None = None
-    rows: list[Request] = field(default_factory=list)
-    width: int = 0  # rows this lane put into the current step's batch
-    error: str | None = None
-    token: int = -1
-    done: bool = False
-    prepare_seconds: float = 0.0
+    h0: np.ndarray | None = None  # [D] last prompt position at prefill
+    prefill_seconds: float = 0.0
+    t_prefilled: float = 0.0
     ttft: float | None = None
-    t_end: float = 0.0
+    error: str | None = None
 
 
-def generate(
-    adapter: VLMAdapter,
-    request: Request,
-    policy: Policy | None = None,
-    config: GenerationConfig | None = None,
-) -> Iterator[StepEvent]:
+class Engine:
+    """A shared batch that lanes join and leave; `run` streams (lane name, event) pairs.
+
+    With `isolate_errors`, an exception inside one method (its rows or its policy) ends that
+    method only: its trace carries `error` and the others finish. Errors of the model forward
+    itself always propagate.
+    """
+
+    def __init__(self, adapter: VLMAdapter, config: GenerationConfig | None = None, isolate_errors: bool = False) -> None:
+        self.adapter, self.config, self.isolate_errors = adapter, config or GenerationConfig(), isolate_errors
+        self.rows = RowMap()  # which batch rows are whose
+        self.state: DecodeState | None = None  # the KV cache of every row in `rows`, in order
+        self.lanes: dict[str, Lane] = {}
+        self._waiting: list[Lane] = []  # added, not yet prefilled
+        self._ended: list[Lane] = []  # finished or failed, done event not yet sent
+
+    def add(self, name: str, policy: Policy, request: Request, since: float | None = None, config: GenerationConfig | None = None) -> None:
+        """Queue a method; it joins the batch before the next step, at its own step 0.
+
+        `config` replaces the engine's for this lane (a judge's short greedy decode).
+        """
+        if name in self.lanes:
+            raise ValueError(f"a lane named {name!r} is already running")
+        config = config or self.config
+        lane = Lane(name, policy, [], torch.Generator().manual_seed(config.seed), since or time.perf_counter(), config)
+        self.lanes[name] = lane
+        try:
+            lane.requests = policy.rows(request, config.seed)  # [real] or [real, noised]
+            self._waiting.append(lane)
+        except Exception as exc:
+            self._fail(lane, exc)
+
+    def run(self) -> Iterator[tuple[str, StepEvent]]:
+        while self._waiting or len(self.rows):
+            self._join_waiting()  # prefill newcomers' rows and append them to the cache
+            feeds = {n: f for n in self.rows.names if (f := self._decide(self.lanes[n])) is not None}  # policy.step per lane
+            yield from self._flush()
+            if not feeds:
+                self._gather(self.rows.regroup({}))
+                continue
+            index = self.rows.regroup({n: rows for n, (rows, _) in feeds.items()})  # [B] batch rows fed this step
+            self._gather(index)  # e.g. SafeSteer's row 0 repeated k times, one per candidate
+            tokens = torch.tensor([t for _, toks in feeds.values() for t in toks], dtype=torch.long, device=self.adapter.device)  # [B]
+            t0 = time.perf_counter()
+            out = self.adapter.step(tokens, self.state)  # ONE forward for all: logits [B, V], hidden [B, D]
+            seconds = time.perf_counter() - t0
+            keep = {}
+            for name in self.rows.names:  # lookahead lanes choose, every lane records its token
+                event, keep[name] = self._advance(self.lanes[name], out, self.rows.block(name), seconds)
+                if event is not None:
+                    yield name, event
+            self.state = out.state
+            self._gather(self.rows.regroup(keep))  # finished lanes leave; chosen candidates stay
+            yield from self._flush()
+        yield from self._flush()  # lanes that failed before they ever joined
+
+    # -- the pieces of one step ---------------------------------------------------------------
+
+    def _join_waiting(self) -> None:
+        """One prefill for the newcomers' distinct rows (SafeSteer shares vanilla's real row)."""
+        lanes, self._waiting = self._waiting, []
+        if not lanes:
+            return
+        unique: list[Request] = []
+        for req in (r for lane in lanes for r in lane.requests):
+            if not any(req is u for u in unique):
+                unique.append(req)
+        layout = [next(i for i, u in enumerate(unique) if u is r) for lane in lanes for r in lane.requests]
+        t0 = time.perf_counter()
+        out = self.adapter.prefill(unique)  # logits [U, V], hidden [U, D], one KV cache
+        if layout != list(range(len(unique))):
+            out = out.index_select(layout)  # [R_new] rows: lane blocks
+        now = time.perf_counter()
+        self.state = out.state if self.state is None or not len(self.rows) else self.state.concat(out.state)
+        start = 0
+        for lane in lanes:
+            rows = range(start, start + len(lane.requests))
+            start = rows.stop
+            lane.logits, lane.hidden = out.logits[rows.start : rows.stop], out.hidden[rows.start : rows.stop]
+            lane.h0 = lane.hidden[0].float().cpu().numpy()
+            lane.prefill_seconds, lane.t_prefilled = now - t0, now
+            self.rows.add(lane.name, len(rows))
+
+    def _decide(self, lane: Lane) -> tuple[list[int], list[int]] | None:
+        """Ask the policy; return (its rows to feed, their tokens), or None if it failed."""
+        try:
+            view = View(len(lane.generated), lane.logits, lane.hidden, tuple(lane.generated), self.adapter.decode(lane.generated), lane.state, rng=lane.rng)
+            d = lane.policy.step(view)
+            if d.steer_hidden is not None:  # MSAV: re-read row 0's logits from the moved hidden state, then decide again
+                steered = lane.logits.clone()
+                steered[0] = self.adapter.logits_from_hidden(d.steer_hidden[None].to(lane.hidden.dtype))[0]
+                view = replace(view, logits=steered, state=d.state, steered=True)
+                d = lane.policy.step(view)
+            lane.view, lane.decision = view, d
+            if d.lookahead is not None:  # k candidates, each one step ahead on row 0's prefix
+                return [0] * len(d.lookahead), d.lookahead.tolist()
+            lane.token = d.forced_token if d.forced_token is not None else sample_token(d.logits, lane.config, lane.rng)
+            n = lane.logits.shape[0]  # every row of the method takes the same token
+            return list(range(n)), [lane.token] * n
+        except Exception as exc:
+            self._fail(lane, exc)
+            return None
+
+    def _advance(self, lane: Lane, out: ForwardOut, block: range, seconds: float) -> tuple[StepEvent | None, list[int]]:
+        """Choose among candidates, record the step; return the event and the rows that go on."""
+        d, rows = lane.decision, list(range(len(block)))
+        try:
+            if d.lookahead is not None:
+                d = lane.policy.choose(lane.view, d, out.hidden[block.start : block.stop])  # from the k hidden states [k, D]
+                lane.token, rows = int(d.lookahead[d.choice]), [d.choice]
+            elif d.keep_rows is not None:
+                rows = list(d.keep_rows)  # e.g. SafeCoDe stops decoding its noised row
+        except Exception as exc:
+            self._fail(lane, exc)
+            return None, []
+        picked = [block[i] for i in rows]
+        record = _record(self.adapter, lane.logits[0], d, lane.token, out.hidden[picked[0]], lane.config)
+        record.seconds = seconds
+        lane.steps.append(record)
+        lane.generated.append(lane.token)
+        lane.logits, lane.hidden, lane.state = out.logits[picked], out.hidden[picked], d.state
+        lane.ttft = lane.ttft if lane.ttft is not None else time.perf_counter() - lane.t_added
+        event = StepEvent(len(lane.steps) - 1, lane.token, record.token, self.adapter.decode(lane.generated), record=record)
+        stop = (lane.token in self.adapter.eos_token_ids and not lane.config.ignore_eos) or len(lane.generated) >= lane.config.max_new_tokens
+        if stop:
+            self._ended.append(lane)
+        return event, ([] if stop else rows)
+
+    def _gather(self, index: list[int]) -> None:
+        if self.state is not None and index != list(range(self.state.batch_size)):
+            self.state = self.state.index_select(index) if index else None
+
+    def _fail(self, lane: Lane, exc: Exception) -> None:
+        if not self.isolate_errors:
+            raise exc
+        lane.error = f"{type(exc).__name__}: {exc}"
+        self._ended.append(lane)
+
+    def _flush(self) -> Iterator[tuple[str, StepEvent]]:
+        ended, self._ended = self._ended, []
+        for lane in ended:
+            trace = self._trace(lane)
+            yield lane.name, StepEvent(len(lane.steps), -1, "", trace.text, done=True, trace=trace)
+
+    def _trace(self, lane: Lane) -> Trace:
+        """The lane's steps stacked, with the run facts its policy's final state carries."""
+        now = time.perf_counter()
+        facts = {k: getattr(lane.state, k) for k in RUN_FACTS if getattr(lane.state, k, None) is not None}
+        judge = facts.get("judge")
+        timings = Timings(prepare=judge.seconds if judge else 0.0, prefill=lane.prefill_seconds,
+                          decode=now - lane.t_prefilled if lane.t_prefilled else 0.0, ttft=lane.ttft, total=now - lane.t_added)
+        h0 = lane.h0 if lane.h0 is not None else np.zeros(0, np.float32)
+        return Trace.from_steps(
+            lane.policy.name, self.adapter.decode(lane.generated), lane.steps, h0, **facts,
+            model=self.adapter.name, model_id=self.adapter.model_id, prompt=lane.requests[0].prompt if lane.requests else "",
+            config=asdict(lane.config), knobs=lane.policy.describe(), timings=timings,
+            rows=len(lane.requests) if lane.logits is None else int(lane.logits.shape[0]),
+            shared_with=[n for n in self.lanes if n != lane.name], error=lane.error,
+            stopped_on_eos=bool(lane.generated and lane.generated[-1] in self.adapter.eos_token_ids),
+        )
+
+
+def generate(adapter: VLMAdapter, request: Request, policy: Policy | None = None, config: GenerationConfig | None = None) -> Iterator[StepEvent]:
     """Decode `request` with `policy`, yielding one event per token, then a done event."""
     policy = policy or VanillaPolicy()
     for _, event in generate_many(adapter, request, {policy.name: policy}, config):
@@ -105,178 +294,18 @@ def generate(
 
 
 def generate_many(
-    adapter: VLMAdapter,
-    request: Request,
-    policies: dict[str, Policy],
-    config: GenerationConfig | None = None,
-    isolate_errors: bool = False,
+    adapter: VLMAdapter, request: Request, policies: dict[str, Policy], config: GenerationConfig | None = None,
+    isolate_errors: bool = False, since: float | None = None,
 ) -> Iterator[tuple[str, StepEvent]]:
     """Decode one request with several methods in ONE batch per step, yielding (name, event).
 
-    The prompt is prefilled once per distinct row (the real image is shared by every
-    method; SafeCoDe adds its noised row), then each step runs every live method's rows in
-    a single forward: SafeSteer's k candidates ride in the same batch as the others' next
-    tokens. A method's tokens equal what it produces alone (same seed, own sampler).
-
-    With `isolate_errors`, an exception inside one method (its judge, probe or step) ends
-    that method only: its trace carries `meta["error"]` and the others finish. Errors of
-    the model forward itself always propagate.
+    The prompt is prefilled once per distinct row; a method's tokens equal what it produces
+    alone (same seed, own sampler). `since`: when the request started (TTFT counts from it).
     """
-    config = config or GenerationConfig()
-    t_start = time.perf_counter()
-    lanes: list[_Lane] = []
-
-    def fail(lane: _Lane, exc: Exception) -> None:
-        if not isolate_errors:
-            raise exc
-        lane.error, lane.done, lane.t_end = f"{type(exc).__name__}: {exc}", True, time.perf_counter()
-
+    engine = Engine(adapter, config, isolate_errors)
     for name, policy in policies.items():
-        t0 = time.perf_counter()
-        lane = _Lane(name, policy, {}, torch.Generator().manual_seed(config.seed), 0)
-        try:
-            lane.run = policy.prepare(adapter, request, config.seed)  # e.g. SafeCoDe's judge
-            rows = policy.rows(request, config.seed)  # [real] or [real, noised]
-        except Exception as exc:
-            fail(lane, exc)
-            rows = []
-        lane.prepare_seconds, lane.rows = time.perf_counter() - t0, rows
-        lane.n_rows = len(rows)
-        lanes.append(lane)
-
-    # prefill each distinct row once, then lay the rows out lane after lane
-    unique: list[Request] = []
-    layout: list[int] = []
-    for lane in lanes:
-        for row in lane.rows:
-            index = next((i for i, u in enumerate(unique) if u is row), None)
-            if index is None:
-                unique.append(row)
-                index = len(unique) - 1
-            layout.append(index)
-    t_prefill = time.perf_counter()
-    state = None
-    if unique:
-        out = adapter.prefill(unique)  # logits [U, V], hidden [U, D], one KV cache
-        if layout != list(range(len(unique))):
-            out = out.index_select(layout)  # [R_total] rows: lane blocks
-        state, offset, alive = out.state, 0, []
-        for lane in (lane for lane in lanes if not lane.done):
-            lane.out = ForwardOut(out.logits[offset : offset + lane.n_rows].clone(), out.hidden[offset : offset + lane.n_rows], state)
-            lane.h0 = lane.out.hidden[0].float().cpu().numpy()
-            try:
-                lane.h_bar = lane.policy.prefill_hidden(lane.out.hidden[0], lane.run)  # SafeSteer's MSAV may move h₀
-                alive += range(offset, offset + lane.n_rows)
-            except Exception as exc:
-                fail(lane, exc)
-            offset += lane.n_rows
-            if lane.h_bar is not None:
-                lane.out.logits[0] = adapter.logits_from_hidden(lane.h_bar[None].to(out.hidden.dtype))[0].float()
-        if alive and alive != list(range(offset)):
-            state = state.index_select(alive)  # drop the rows of a method that failed at prefill
-    t_first = time.perf_counter()
-    prefill_seconds = t_first - t_prefill
-
-    for t in range(config.max_new_tokens):
-        live = [lane for lane in lanes if not lane.done]  # their rows, in order, make up `state`
-        if not live:
-            break
-        # 1. each method decides; the next batch is every live lane's rows (k candidates for a lookahead)
-        sources: list[int] = []  # row of the current state each new row continues
-        tokens: list[int] = []
-        offset = 0
-        for lane in live:
-            lane.width = 0
-            try:
-                lane.inp = StepInput(step=t, logits=lane.out.logits, hidden=lane.out.hidden, generated=lane.generated, run=lane.run)
-                d = lane.decision = lane.policy.step(lane.inp)
-                if d.lookahead is not None:
-                    cands = d.lookahead.tolist()
-                    sources += [offset] * len(cands)  # row 0 of the lane, once per candidate
-                    tokens += cands
-                    lane.width = len(cands)
-                else:
-                    lane.token = d.forced_token if d.forced_token is not None else sample_token(d.logits, config, lane.generator)
-                    sources += list(range(offset, offset + lane.n_rows))
-                    tokens += [lane.token] * lane.n_rows
-                    lane.width = lane.n_rows
-            except Exception as exc:
-                fail(lane, exc)
-            offset += lane.n_rows
-        if not sources:
-            break
-        if sources != list(range(state.batch_size)):
-            state = state.index_select(sources)
-        t_step = time.perf_counter()
-        nxt = adapter.step(torch.tensor(tokens, dtype=torch.long, device=adapter.device), state)  # ONE forward for all
-        step_seconds = time.perf_counter() - t_step
-
-        # 2. lookahead lanes choose; everyone records; finished lanes drop out of the batch
-        keep: list[int] = []
-        offset = 0
-        for lane in live:
-            if lane.width == 0:
-                continue
-            block = list(range(offset, offset + lane.width))
-            offset += lane.width
-            d = lane.decision
-            try:
-                if d.lookahead is not None:
-                    index, d = lane.policy.choose(lane.inp, d, nxt.hidden[block[0] : block[-1] + 1])
-                    lane.decision, lane.token = d, int(d.lookahead[index])
-                    block = [block[index]]  # keep the chosen candidate's row: cache and logits
-                elif d.keep_rows is not None:
-                    block = [block[i] for i in d.keep_rows]  # the method stops decoding some rows
-                    lane.n_rows = len(block)
-            except Exception as exc:
-                fail(lane, exc)
-                continue
-            lane.generated.append(lane.token)
-            chosen = ForwardOut(nxt.logits[block], nxt.hidden[block], nxt.state)
-            record = _record(adapter, lane.out, d, lane.token, chosen, config)
-            record.seconds = step_seconds
-            lane.steps.append(record)
-            now = time.perf_counter()
-            lane.ttft = lane.ttft if lane.ttft is not None else now - t_start
-            lane.out = chosen
-            lane.done = (lane.token in adapter.eos_token_ids and not config.ignore_eos) or t + 1 >= config.max_new_tokens
-            if lane.done:
-                lane.t_end = now
-            else:
-                keep += block
-            yield lane.name, StepEvent(step=t, token_id=lane.token, piece=record.token, text=adapter.decode(lane.generated), record=record)
-        if keep and keep != list(range(nxt.state.batch_size)):
-            state = nxt.state.index_select(keep)
-        else:
-            state = nxt.state
-
-    for lane in lanes:
-        text = adapter.decode(lane.generated)
-        t_end = lane.t_end or time.perf_counter()
-        meta = {
-            "method": lane.policy.name,
-            "model": adapter.name,
-            "model_id": adapter.model_id,
-            "prompt": request.prompt,
-            "rows": lane.n_rows,
-            "shared_with": [other.name for other in lanes if other is not lane],
-            "config": asdict(config),
-            "policy": lane.policy.describe(),
-            "prepare_seconds": lane.prepare_seconds,  # the judge, for SafeCoDe
-            "prefill_seconds": prefill_seconds,
-            "decode_seconds": t_end - t_first,
-            "ttft_seconds": lane.ttft,
-            "total_seconds": t_end - t_start,
-            "stopped_on_eos": bool(lane.generated and lane.generated[-1] in adapter.eos_token_ids),
-            **{k: v for k, v in lane.run.items() if not k.startswith("_")},
-        }
-        if lane.error:
-            meta["error"] = lane.error
-        if lane.h_bar is not None:
-            meta["prefill_hidden_steered"] = lane.h_bar.float().cpu().numpy()
-        h0 = lane.h0 if lane.h0 is not None else np.zeros(0, np.float32)
-        trace = Trace.from_steps(lane.policy.name, text, lane.steps, h0, meta)
-        yield lane.name, StepEvent(step=len(lane.steps), token_id=-1, piece="", text=text, done=True, trace=trace)
+        engine.add(name, policy, request, since)
+    yield from engine.run()
 
 
 def run_to_end(adapter: VLMAdapter, request: Request, policy: Policy | None = None, config: GenerationConfig | None = None) -> Trace:
@@ -287,10 +316,12 @@ def run_to_end(adapter: VLMAdapter, request: Request, policy: Policy | None = No
     raise RuntimeError("generate ended without a done event")
 
 
-def _record(adapter: VLMAdapter, out: ForwardOut, d: Decision, token: int, nxt: ForwardOut, config: GenerationConfig) -> StepRecord:
-    # out: the lane's rows before the step (row 0 = real image); nxt: its chosen row after it
-    """Candidates, both probabilities and the method's scores of one step."""
-    raw = torch.softmax(out.logits[0].float(), dim=-1)  # [V] the model's own distribution
+def _record(adapter: VLMAdapter, raw_logits: torch.Tensor, d: Decision, token: int, hidden: torch.Tensor, config: GenerationConfig) -> StepRecord:
+    """Candidates, both probabilities and the method's scores of one step.
+
+    raw_logits [V]: row 0's own logits, before any steering; hidden [D]: the chosen row after the step.
+    """
+    raw = torch.softmax(raw_logits.float(), dim=-1)  # [V] the model's own distribution
     pol = torch.softmax(d.logits.float(), dim=-1)  # [V] the method's distribution
     if d.lookahead is not None:
         cand = d.lookahead.tolist()
@@ -312,8 +343,8 @@ def _record(adapter: VLMAdapter, out: ForwardOut, d: Decision, token: int, nxt: 
         action=d.action,
         scores=scores,
         candidate_scores={k: v.float().cpu().tolist() for k, v in d.candidate_scores.items()},
-        notes=_name_tokens(adapter, d.notes),
-        hidden=nxt.hidden[0].float().cpu().numpy() if config.keep_hidden else None,
+        notes=_name_tokens(adapter, dict(d.notes)),
+        hidden=hidden.float().cpu().numpy() if config.keep_hidden else None,
     )
 
 

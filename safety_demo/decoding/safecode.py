@@ -25,16 +25,17 @@ which costs no decoding at all.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
 from ..inputs import add_gaussian_noise
 from ..models.base import Request, VLMAdapter
-from ..probe import DecodingProbe, describe_probe, get_probe
-from .judge import PARSE_FALLBACKS, VERDICTS, run_judge
-from .policy import Decision, Policy, StepInput, check_knobs
+from ..probe import DecodingProbe
+from ..trace import JudgeInfo
+from .judge import PARSE_FALLBACKS, VERDICTS
+from .policy import Decision, Policy, View, check_knobs
 
 # The official list, as written there (duplicates removed; "</s>" kept: it is the official
 # Llama-style end token and simply tokenises to text on other models).
@@ -123,17 +124,77 @@ def refusal_token_ids(adapter: VLMAdapter, vocabulary: str) -> list[int]:
     return sorted(i for i, t in zip(sorted(ids), texts) if any(w in t.strip().lower() for w in _CURATED_TOKEN_WORDS))
 
 
+@dataclass(frozen=True)
+class Vocabulary:
+    """What SafeCoDe reads from the tokenizer once per model: R, the phrases, the end token."""
+
+    refusal_ids: torch.Tensor  # [|R|] long
+    refusal_tokens: tuple[str, ...]
+    phrases: tuple[tuple[str, tuple[int, ...]], ...]  # (phrase, its ids), non-empty only
+    eos: int | None
+    length_cap: int  # new tokens after the refusal prefix once `unsafe` (0 = off)
+
+    @classmethod
+    def for_model(cls, adapter: VLMAdapter, config: SafeCoDeConfig) -> "Vocabulary":
+        ids = refusal_token_ids(adapter, config.vocabulary)
+        phrases = tuple((p, tuple(adapter.encode_text(p))) for p in REFUSAL_VOCABULARIES[config.vocabulary])
+        return cls(
+            refusal_ids=torch.tensor(ids, dtype=torch.long),
+            refusal_tokens=tuple(adapter.token_texts(ids)),
+            phrases=tuple((p, i) for p, i in phrases if i),
+            eos=min(adapter.eos_token_ids) if adapter.eos_token_ids else None,
+            length_cap=official_length_cap(adapter) if config.length_cap < 0 else config.length_cap,
+        )
+
+
+@dataclass(frozen=True)
+class SafeCoDeState:
+    """One run's memory: the verdict it follows and what the first steps fixed."""
+
+    judge: JudgeInfo
+    alpha: float
+    forced: tuple[int, ...] = ()  # the refusal prefix picked at step 0 after `unsafe`
+    stopped_at: int | None = None  # the step the safe path's early stop fired
+
+    @property
+    def verdict(self) -> str:
+        return self.judge.verdict
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "alpha": self.alpha}
+
+
 class SafeCoDePolicy(Policy):
-    """Judge, then real-vs-noised contrast and refusal modulation for the first `steps` tokens."""
+    """Real-vs-noised contrast and refusal modulation for the first `steps` tokens, after a verdict.
+
+    The verdict comes in: `judge` (from `decoding.judge.run_judge`, run by `safety_demo.methods`),
+    or the config's `verdict` override, or, with `judge="probe"`, the probe's reading of h₀ at
+    step 0 (`probe` must then be given).
+    """
 
     name = "safecode"
 
     def __init__(
-        self, config: SafeCoDeConfig | None = None, judge_adapter: VLMAdapter | None = None, probe: DecodingProbe | None = None, **knobs: Any
+        self, vocabulary: Vocabulary, config: SafeCoDeConfig | None = None, *, judged: JudgeInfo | None = None,
+        probe: DecodingProbe | None = None, **knobs: Any,
     ) -> None:
         self.config = config or SafeCoDeConfig(**knobs)
-        self.judge_adapter = judge_adapter  # a second local model; None = the decoding model itself
-        self.probe = probe  # judge="probe": None = loaded for the adapter on first use
+        self.vocabulary = vocabulary
+        self.judged, self.probe = judged, probe  # the judge's result; the probe of judge="probe"
+        if self.config.judge == "probe" and probe is None and self.config.verdict == "auto":
+            raise ValueError("SafeCoDe: judge='probe' needs a probe.")
+        if self.config.judge != "probe" and judged is None and self.config.verdict == "auto":
+            raise ValueError("SafeCoDe: no verdict; run the judge first (safety_demo.methods.prepare does) or set verdict.")
+
+    @classmethod
+    def for_model(
+        cls, adapter: VLMAdapter, config: SafeCoDeConfig | None = None, *, judged: JudgeInfo | None = None,
+        probe: DecodingProbe | None = None, **knobs: Any,
+    ) -> "SafeCoDePolicy":
+        """Read R and the phrases from `adapter`'s tokenizer (no model call)."""
+        config = config or SafeCoDeConfig(**knobs)
+        return cls(Vocabulary.for_model(adapter, config), config, judged=judged, probe=probe)
 
     def describe(self) -> dict[str, Any]:
         return asdict(self.config)
@@ -142,79 +203,57 @@ class SafeCoDePolicy(Policy):
         noised = add_gaussian_noise(request.image, self.config.sigma, seed)  # ṽ, seeded
         return [request, Request(noised, request.prompt)]
 
-    def prepare(self, adapter: VLMAdapter, request: Request, seed: int) -> dict[str, Any]:
+    def start(self, view: View) -> SafeCoDeState:
+        """Step 0: the verdict given, the override, or (judge="probe") P(harmful | h₀) > 0.5."""
         c = self.config
-        refusal_ids = refusal_token_ids(adapter, c.vocabulary)
-        phrases = [(p, adapter.encode_text(p)) for p in REFUSAL_VOCABULARIES[c.vocabulary]]
-        run: dict[str, Any] = {
-            "refusal_tokens": adapter.token_texts(refusal_ids),
-            "length_cap": official_length_cap(adapter) if c.length_cap < 0 else c.length_cap,
-            "_refusal_ids": torch.tensor(refusal_ids, dtype=torch.long),
-            "_phrases": [(p, ids) for p, ids in phrases if ids],
-            "_eos": min(adapter.eos_token_ids) if adapter.eos_token_ids else None,
-            "_decode": adapter.decode,
-        }
-        if c.judge == "probe":  # the verdict waits for h₀ (`prefill_hidden`); no decoding at all
-            probe = self.probe if self.probe is not None else get_probe(adapter)
-            return {**run, "_probe": probe, "probe": describe_probe(probe)}
-        judge_adapter = self.judge_adapter
-        if judge_adapter is None and c.judge != "self":
-            from ..models import load_adapter  # loaded once per process, like any model
+        if self.probe is not None and c.judge == "probe":
+            p = float(self.probe.prob(view.hidden[0].float().cpu().numpy()))
+            verdict = c.verdict if c.verdict != "auto" else ("unsafe" if p > 0.5 else "safe")
+            judge = JudgeInfo("", f"P(harmful | h₀) = {p:.3f}", verdict, "override" if c.verdict != "auto" else "probe", p, 0.0, "probe")
+        elif self.judged is not None:
+            judge = self.judged
+        else:
+            judge = JudgeInfo("", "", c.verdict, "override", float("nan"), 0.0, "")
+        return SafeCoDeState(judge, c.alpha_unsafe if judge.verdict == "unsafe" else c.alpha_safe)
 
-            judge_adapter = load_adapter(c.judge)
-        judge = run_judge(judge_adapter or adapter, request, override=c.verdict, caption_max_tokens=c.caption_max_tokens, fallback=c.verdict_fallback)
-        return {**run, **self._verdict(judge.verdict), "judge": {**judge.to_dict(), "model": (judge_adapter or adapter).name}}
-
-    def _verdict(self, verdict: str) -> dict[str, Any]:
-        c = self.config
-        return {"verdict": verdict, "alpha": c.alpha_unsafe if verdict == "unsafe" else c.alpha_safe}
-
-    def prefill_hidden(self, hidden: torch.Tensor, run: dict[str, Any]) -> torch.Tensor | None:
-        """judge="probe": the verdict is the probe's reading of h₀ (P(harmful) > 0.5 → unsafe)."""
-        if "_probe" in run:
-            p = float(run["_probe"].prob(hidden.float().cpu().numpy()))
-            verdict = self.config.verdict if self.config.verdict != "auto" else ("unsafe" if p > 0.5 else "safe")
-            source = "override" if self.config.verdict != "auto" else "probe"
-            run.update(self._verdict(verdict), judge={"caption": "", "raw": f"P(harmful | h₀) = {p:.3f}", "verdict": verdict,
-                                                       "source": source, "p_unsafe": p, "seconds": 0.0, "model": "probe"})
-        return None
-
-    def step(self, inp: StepInput) -> Decision:
-        c, run, t = self.config, inp.run, inp.step
-        z_real = inp.logits[0].float()  # [V]
-        common: dict[str, Any] = dict(notes={"verdict": run["verdict"]})
-        if inp.logits.shape[0] > 1:  # the noised row is still decoding beside the real one
-            z_noised = inp.logits[1].float()
+    def step(self, view: View) -> Decision:
+        c, voc, t = self.config, self.vocabulary, view.step
+        state: SafeCoDeState = view.state or self.start(view)
+        z_real = view.logits[0].float()  # [V]
+        common: dict[str, Any] = dict(notes={"verdict": state.verdict})
+        if view.logits.shape[0] > 1:  # the noised row is still decoding beside the real one
+            z_noised = view.logits[1].float()  # [V]
             delta = torch.log_softmax(z_real, -1) - torch.log_softmax(z_noised, -1)  # [V] log p(real) − log p(noised)
-            common = dict(per_token={"policy.contrastive.delta": delta}, notes={"movers": self._movers(z_real, z_noised, delta), "verdict": run["verdict"]})
+            common = dict(per_token={"policy.contrastive.delta": delta},
+                          notes={"movers": self._movers(z_real, z_noised, delta), "verdict": state.verdict})
             if t >= c.steps - 1 and not c.delta_after_steps:
-                common["keep_rows"] = [0]  # after this step only the real row decodes (as the official code)
-        R = run["_refusal_ids"].to(z_real.device)
+                common["keep_rows"] = (0,)  # after this step only the real row decodes (as the official code)
+        R = voc.refusal_ids.to(z_real.device)
         raw_mass = float(torch.softmax(z_real, -1)[R].sum()) if len(R) else 0.0
 
-        cap = run["length_cap"]
-        if cap and run["verdict"] == "unsafe" and t >= len(run.get("_forced", [])) + cap and run["_eos"] is not None:
-            return Decision(logits=z_real, action="forced", forced_token=run["_eos"], **common)  # official length cap
-        if run["verdict"] == "safe" and c.safe_early_stop and t >= 2 and "_stopped" not in run and natural_prefix(run["_decode"](inp.generated)):
-            run["_stopped"] = t  # official: "natural language prefix detected, continuing with normal generation"
-            common["notes"]["early_stop"] = True
-        if t >= c.steps or "_stopped" in run:
-            if inp.logits.shape[0] > 1 and not c.delta_after_steps:
-                common["keep_rows"] = [0]  # the noised row is no longer needed
-            return Decision(logits=z_real, action="kept", **common)  # ordinary decoding
+        if voc.length_cap and state.verdict == "unsafe" and t >= len(state.forced) + voc.length_cap and voc.eos is not None:
+            return Decision(logits=z_real, action="forced", forced_token=voc.eos, state=state, **common)  # official length cap
+        if state.verdict == "safe" and c.safe_early_stop and t >= 2 and state.stopped_at is None and natural_prefix(view.text):
+            state = replace(state, stopped_at=t)  # official: "natural language prefix detected, continuing with normal generation"
+            common["notes"] = {**common["notes"], "early_stop": True}
+        if t >= c.steps or state.stopped_at is not None:
+            if view.logits.shape[0] > 1 and not c.delta_after_steps:
+                common["keep_rows"] = (0,)  # the noised row is no longer needed
+            return Decision(logits=z_real, action="kept", state=state, **common)  # ordinary decoding
 
-        z_cd = z_real - run["alpha"] * z_noised  # contrastive logits
+        z_cd = z_real - state.alpha * z_noised  # [V] contrastive logits
         p_cd = torch.softmax(z_cd, -1)
         scores = {"policy.refusal_mass.raw": raw_mass, "policy.refusal_mass.cd": float(p_cd[R].sum()) if len(R) else 0.0}
 
-        if run["verdict"] == "unsafe":
+        if state.verdict == "unsafe":
             if t == 0:
-                run["_forced"], common["notes"]["phrases"] = self._pick_phrase(p_cd, run["_phrases"])
-            forced = run["_forced"]
-            if t < len(forced):
-                return Decision(logits=z_cd, action="forced", forced_token=forced[t], scores=scores, **common)
-            if forced:  # the refusal prefix is in place: ordinary decoding continues it
-                return Decision(logits=z_real, action="kept", scores=scores, **common)
+                forced, phrases = self._pick_phrase(p_cd, voc.phrases)
+                state = replace(state, forced=tuple(forced))
+                common["notes"] = {**common["notes"], "phrases": phrases}
+            if t < len(state.forced):
+                return Decision(logits=z_cd, action="forced", forced_token=state.forced[t], scores=scores, state=state, **common)
+            if state.forced:  # the refusal prefix is in place: ordinary decoding continues it
+                return Decision(logits=z_real, action="kept", scores=scores, state=state, **common)
             p_mod = p_cd.clone()
             p_mod[R] *= 1.0 + c.lambda_boost  # no phrase fits: boost R instead
             action = "boosted"
@@ -224,17 +263,17 @@ class SafeCoDePolicy(Policy):
             action = "suppressed"
         p_mod = p_mod / p_mod.sum()
         scores["policy.refusal_mass.policy"] = float(p_mod[R].sum()) if len(R) else 0.0
-        return Decision(logits=torch.log(p_mod.clamp_min(1e-30)), action=action, scores=scores, **common)
+        return Decision(logits=torch.log(p_mod.clamp_min(1e-30)), action=action, scores=scores, state=state, **common)
 
-    def _pick_phrase(self, p_cd: torch.Tensor, phrases: list[tuple[str, list[int]]]) -> tuple[list[int], list]:
+    def _pick_phrase(self, p_cd: torch.Tensor, phrases: tuple[tuple[str, tuple[int, ...]], ...]) -> tuple[list[int], list]:
         """Official phrase choice: rank by Σ p_cd over the phrase's tokens, prefer a strong refusal."""
         c = self.config
-        ranked = sorted(((p, float(p_cd[ids].sum()), ids) for p, ids in phrases), key=lambda x: -x[1])[: c.phrase_top_k]
+        ranked = sorted(((p, float(p_cd[list(ids)].sum()), ids) for p, ids in phrases), key=lambda x: -x[1])[: c.phrase_top_k]
         ranked = [r for r in ranked if r[1] > c.min_phrase_score]
         strong = [r for r in ranked if any(w in r[0].lower() for w in STRONG_REFUSAL_WORDS)]
         best = (strong or ranked or [None])[0]
         note = [{"phrase": p, "score": round(s, 6), "chosen": best is not None and p == best[0]} for p, s, _ in ranked[:5]]
-        return (best[2][: c.steps] if best else []), note
+        return (list(best[2][: c.steps]) if best else []), note
 
     def _movers(self, z_real: torch.Tensor, z_noised: torch.Tensor, delta: torch.Tensor) -> list[dict[str, float]]:
         """Plausible tokens (top-50 under either image) whose log-probability moved most."""

@@ -14,16 +14,17 @@ steers towards a refusal or a disclaimer. docs/RESULTS.md checks that premise on
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..inputs import InputError
-from ..models.base import Request, VLMAdapter
-from ..probe import DecodingProbe, describe_probe, get_probe, is_components
-from .policy import Decision, Policy, StepInput, check_knobs
+from ..models.base import VLMAdapter
+from ..probe import DecodingProbe, describe_probe, is_components
+from ..trace import MsavInfo, Trace
+from .policy import Decision, Policy, View, check_knobs
 
 MSAV_MODES = ("scaled", "literal")
 MSAV_DIRECTIONS = ("to_text", "as_written")
@@ -69,63 +70,83 @@ def msav_shift(probe: DecodingProbe, h0: np.ndarray, mode: str, scale: float, di
     return -shift if direction == "to_text" else shift
 
 
+@dataclass(frozen=True)
+class SafeSteerState:
+    """One run's memory: what the probe read at prefill and what MSAV did."""
+
+    probe_h0: float  # P(harmful | h₀)
+    msav: MsavInfo
+    probe: str  # which probe (k, held-out AUROC), for the trace
+
+
 class SafeSteerPolicy(Policy):
     """Probe-guided reranking of the first tokens, plus MSAV at prefill."""
 
     name = "safesteer"
 
-    def __init__(self, config: SafeSteerConfig | None = None, probe: DecodingProbe | None = None, **knobs: Any) -> None:
+    def __init__(self, probe: DecodingProbe, config: SafeSteerConfig | None = None, **knobs: Any) -> None:
         self.config = config or SafeSteerConfig(**knobs)
-        self.probe = probe  # None: fitted or loaded for the adapter on first use
+        self.probe = probe  # loaded or fitted before, by `safety_demo.methods` (never here)
+
+    @classmethod
+    def for_model(cls, adapter: VLMAdapter, probe: DecodingProbe, config: SafeSteerConfig | None = None, **knobs: Any) -> "SafeSteerPolicy":
+        """The policy for `adapter`, refusing a probe fitted on another model's hidden states."""
+        if probe.model_id != adapter.model_id:
+            raise InputError(f"SafeSteer: the probe was fitted on {probe.model_id!r}, not on {adapter.model_id!r}.")
+        return cls(probe, config, **knobs)
 
     def describe(self) -> dict[str, Any]:
         return asdict(self.config)
 
-    def prepare(self, adapter: VLMAdapter, request: Request, seed: int) -> dict[str, Any]:
-        probe = self.probe if self.probe is not None else get_probe(adapter, components=self.config.probe_components)
-        if probe.model_id != adapter.model_id:
-            raise InputError(f"SafeSteer: the probe was fitted on {probe.model_id!r}, not on {adapter.model_id!r}.")
-        return {"_probe": probe, "_generator": torch.Generator().manual_seed(seed), "probe_metrics": probe.metrics, "probe": describe_probe(probe)}
-
-    def prefill_hidden(self, hidden: torch.Tensor, run: dict[str, Any]) -> torch.Tensor | None:
-        c, probe = self.config, run["_probe"]
-        h0 = hidden.float().cpu().numpy()
+    def start(self, view: View) -> tuple[SafeSteerState, torch.Tensor | None]:
+        """Step 0: read P(harmful | h₀); if it exceeds the threshold, MSAV moves h₀ to h̄₀."""
+        c, probe = self.config, self.probe
+        h0 = view.hidden[0].float().cpu().numpy()  # [D]
         p0 = float(probe.prob(h0))
-        fired = c.use_msav and p0 > c.threshold
-        run["msav"] = {"h0_score": p0, "fired": fired, "mode": c.msav_mode, "direction": c.msav_direction}
-        if not fired:
-            return None
-        shift = msav_shift(probe, h0, c.msav_mode, c.msav_scale, c.msav_direction)
-        h_bar = h0 + shift
-        run["msav"].update(h0bar_score=float(probe.prob(h_bar)), shift_norm=float(np.linalg.norm(shift)), alpha=float(np.linalg.norm(h0 - probe.mu_cb)))
-        return torch.as_tensor(h_bar, dtype=hidden.dtype, device=hidden.device)
+        msav = MsavInfo(fired=c.use_msav and p0 > c.threshold, mode=c.msav_mode, direction=c.msav_direction)
+        h_bar = None
+        if msav.fired:
+            shift = msav_shift(probe, h0, c.msav_mode, c.msav_scale, c.msav_direction)
+            h_bar = (h0 + shift).astype(np.float32)
+            msav = replace(msav, h0bar_score=float(probe.prob(h_bar)), shift_norm=float(np.linalg.norm(shift)),
+                           alpha=float(np.linalg.norm(h0 - probe.mu_cb)), h0bar=h_bar)
+        state = SafeSteerState(p0, msav, describe_probe(probe))
+        return state, (None if h_bar is None else torch.as_tensor(h_bar, device=view.hidden.device))
 
-    def step(self, inp: StepInput) -> Decision:
-        z = inp.logits[0].float()  # [V]
-        if not self.config.use_probe or inp.step >= self.config.steps:
-            return Decision(logits=z, action="kept")
+    def step(self, view: View) -> Decision:
+        z = view.logits[0].float()  # [V]
+        if view.state is None:
+            state, h_bar = self.start(view)
+            if h_bar is not None:  # the engine re-reads the first token's logits from h̄₀, then asks again
+                return Decision(logits=z, steer_hidden=h_bar, state=state)
+            view = replace(view, state=state)
+        if not self.config.use_probe or view.step >= self.config.steps:
+            return Decision(logits=z, action="kept", state=view.state)
         candidates = torch.topk(z, self.config.top_k).indices  # [k] the model's own top-k
-        return Decision(logits=z, action="reranked", lookahead=candidates)
+        return Decision(logits=z, action="reranked", lookahead=candidates, state=view.state)
 
-    def choose(self, inp: StepInput, decision: Decision, ahead_hidden: torch.Tensor) -> tuple[int, Decision]:
-        probe, c = inp.run["_probe"], self.config
-        s = probe.logit_torch(ahead_hidden)  # [k] harmful-score logit of each candidate's hidden state, eq. (5)
+    def choose(self, view: View, decision: Decision, ahead_hidden: torch.Tensor) -> Decision:
+        c = self.config
+        s = self.probe.logit_torch(ahead_hidden)  # [k] harmful-score logit of each candidate's hidden state, eq. (5)
         if c.temperature == 0.0:
             index = int(torch.argmax(s))  # greedy eq. (6): the candidate the probe reads as most harm-aware
         else:
             weights = torch.softmax(s.cpu() / c.temperature, dim=-1)  # eq. (6): x ~ Softmax(s / T)
-            index = int(torch.multinomial(weights, 1, generator=inp.run["_generator"]))
-        rerank = torch.full_like(decision.logits, -1e9)
+            index = int(torch.multinomial(weights, 1, generator=view.rng))
+        rerank = torch.full_like(decision.logits, -1e9)  # [V]
         rerank[decision.lookahead.to(rerank.device)] = s.to(rerank.device)  # the method's view: softmax over s
-        decision.logits = rerank
-        decision.candidate_scores = {"probe.score": torch.sigmoid(s)}
-        decision.scores = {"probe.chosen_score": float(torch.sigmoid(s[index])), "probe.top1_score": float(torch.sigmoid(s[0]))}
-        decision.notes = {"kept_model_top1": index == 0}
-        return index, decision
+        return replace(
+            decision, logits=rerank, choice=index,
+            candidate_scores={"probe.score": torch.sigmoid(s)},
+            scores={"probe.chosen_score": float(torch.sigmoid(s[index])), "probe.top1_score": float(torch.sigmoid(s[0]))},
+            notes={"kept_model_top1": index == 0},
+        )
 
 
-def add_probe_scores(trace, probe: DecodingProbe) -> None:
-    """Per-token P(harmful) from the trace's hidden states (any method), as `probe.score`."""
+def add_probe_scores(trace: Trace, probe: DecodingProbe) -> None:
+    """Per-token P(harmful) from the trace's hidden states (any method), as `probe.score`, and P(harmful | h₀)."""
     if trace.hidden.shape[0] == len(trace) and len(trace):
         trace.scores["probe.score"] = probe.prob(trace.hidden.astype(np.float32)).astype(np.float32)
-    trace.meta["probe.h0_score"] = float(probe.prob(trace.prefill_hidden)) if trace.prefill_hidden.size else None
+    if trace.probe_h0 is None and trace.prefill_hidden.size:
+        trace.probe_h0 = float(probe.prob(trace.prefill_hidden))
+    trace.probe = trace.probe or describe_probe(probe)

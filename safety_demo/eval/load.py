@@ -50,8 +50,8 @@ def _rss_mb(pid: int) -> float:
 def run_load(requests: int, concurrency: int, max_new_tokens: int, model: str, timeout: float, queue: int) -> LoadResult:
     from gradio_client import Client, handle_file
 
-    from ..ui.examples import ensure_examples
-    from ..ui.knobs import ALL_KNOBS
+    from ..data.examples import ensure_examples
+    from ..methods import knob_values
 
     port = _free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1", "SAFETY_DEMO_QUEUE": str(queue)}
@@ -68,8 +68,7 @@ def run_load(requests: int, concurrency: int, max_new_tokens: int, model: str, t
                 if time.time() > deadline or server.poll() is not None:
                     raise RuntimeError("the app did not start")
                 time.sleep(2)
-        knobs = [k.default for k in ALL_KNOBS]
-        knobs[[k.field for k in ALL_KNOBS].index("max_new_tokens")] = max_new_tokens
+        knobs = knob_values(max_new_tokens=max_new_tokens)
         examples = ensure_examples()
         lock = threading.Lock()
         local = threading.local()
@@ -84,7 +83,7 @@ def run_load(requests: int, concurrency: int, max_new_tokens: int, model: str, t
                 local.client = Client(url, verbose=False)
             image, prompt = examples[i % len(examples)]
             try:
-                out = local.client.predict(handle_file(image), prompt, model, *knobs, api_name="/generate")
+                out = local.client.predict(handle_file(image), prompt, model, "PCA", "safesteer", *knobs, api_name="/generate")
                 ok = bool(out[1]) and str(out[0]).startswith("Done")
                 with lock:
                     result.answered += ok

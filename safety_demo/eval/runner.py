@@ -22,8 +22,9 @@ from typing import Any, Iterable, Mapping
 
 from tqdm import tqdm
 
-from ..compare import METHODS, CompareConfig, make_policies, method_names
-from ..decoding import POLICIES, GenerationConfig, SafeSteerConfig, Trace, generate_many
+from ..compare import CompareConfig, compare as side_by_side
+from ..decoding import GenerationConfig, SafeSteerConfig, Trace
+from ..methods import METHODS, default_configs, method_names
 from ..inputs import InputError
 from ..models import DEFAULT_MODEL, Request, VLMAdapter, load_adapter
 from ..probe import get_probe
@@ -42,7 +43,7 @@ FINGERPRINT = ("bench", "model", "max_new_tokens", "seed", "probe_components")  
 class EvalConfig:
     bench: str  # a LOADERS name
     data: Path  # the benchmark's folder (or its main file)
-    methods: tuple[str, ...] = METHODS  # method or variant names (compare.method_names()), side by side per item
+    methods: tuple[str, ...] = tuple(METHODS)  # method or variant names (methods.method_names()), side by side per item
     model: str = DEFAULT_MODEL  # registry name, as for `generate`
     limit: int | None = None  # N items, spread round-robin over categories (None = all)
     out: Path | None = None  # run folder; None = out/eval/<bench>-<model>
@@ -145,11 +146,10 @@ def check_run_info(out: Path, config: EvalConfig) -> None:
 # ---- one item -----------------------------------------------------------------------------
 def make_record(bench: str, item: BenchItem, method: str, trace: Trace | None, judge: Judge, error: str | None = None) -> dict[str, Any]:
     """One JSON line: the item, the method's answer, the verdict and the method's own signals."""
-    meta = trace.meta if trace is not None else {}
-    error = error or meta.get("error")
+    error = error or (trace.error if trace is not None else None)
     answer = trace.text if trace is not None else ""
-    judge_info = meta.get("judge") or {}
-    msav = meta.get("msav") or {}
+    scene = trace.judge if trace is not None else None  # SafeCoDe's scene judge
+    msav = trace.msav if trace is not None else None
     return {
         "bench": bench,
         "item_id": item.id,
@@ -163,14 +163,14 @@ def make_record(bench: str, item: BenchItem, method: str, trace: Trace | None, j
         "refusal_judge": getattr(judge, "__name__", type(judge).__name__),
         "judge_label": None if error else judge_answer(item.prompt, answer, item.label),  # refusal / safe / harmful
         "tokens": len(trace) if trace is not None else 0,
-        "decode_seconds": meta.get("decode_seconds"),
-        "prefill_seconds": meta.get("prefill_seconds"),
-        "judge_verdict": meta.get("verdict"),  # SafeCoDe's scene judge: "safe" / "unsafe"
-        "judge_source": judge_info.get("source"),
-        "judge_p_unsafe": judge_info.get("p_unsafe"),
-        "msav_fired": msav.get("fired"),  # SafeSteer: did MSAV move h₀?
-        "h0_score": msav.get("h0_score"),  # SafeSteer: P(harmful | h₀)
-        "model_id": meta.get("model_id"),
+        "decode_seconds": trace.timings.decode if trace is not None else None,
+        "prefill_seconds": trace.timings.prefill if trace is not None else None,
+        "judge_verdict": scene.verdict if scene else None,  # SafeCoDe's scene judge: "safe" / "unsafe"
+        "judge_source": scene.source if scene else None,
+        "judge_p_unsafe": scene.p_unsafe if scene else None,
+        "msav_fired": msav.fired if msav else None,  # SafeSteer: did MSAV move h₀?
+        "h0_score": trace.probe_h0 if msav else None,  # SafeSteer: P(harmful | h₀)
+        "model_id": trace.model_id if trace is not None else None,
         "error": error,
     }
 
@@ -181,9 +181,10 @@ def run_item(adapter: VLMAdapter, item: BenchItem, methods: tuple[str, ...], com
         request = Request(item.load_image(), item.prompt)
     except InputError as exc:  # a broken benchmark image: recorded, so a restart does not retry forever
         return [make_record(bench, item, m, None, judge, error=f"InputError: {exc}") for m in methods]
-    policies = make_policies(replace(compare, methods=methods), probe)
-    traces = {name: ev.trace for name, ev in generate_many(adapter, request, policies, compare.generation, isolate_errors=True) if ev.done}
-    return [make_record(bench, item, m, traces[m], judge) for m in methods]
+    columns = {}
+    for columns in side_by_side(adapter, request, replace(compare, methods=methods), probe, refresh=float("inf")):
+        pass
+    return [make_record(bench, item, m, columns[m].trace, judge, error=columns[m].error) for m in methods]
 
 
 # ---- the run --------------------------------------------------------------------------------
@@ -204,7 +205,7 @@ def run_eval(config: EvalConfig, judge: Judge = phrase_judge, adapter: VLMAdapte
         k = config.probe_components
         probe = get_probe(adapter, progress=config.progress, components=k) if any(m.startswith("safe") for _, ms in todo for m in ms) else None
         gen = GenerationConfig(max_new_tokens=config.max_new_tokens, seed=config.seed, keep_hidden=False)
-        compare = CompareConfig(generation=gen, methods=config.methods, safesteer=SafeSteerConfig(probe_components=k))
+        compare = CompareConfig(generation=gen, methods=config.methods, configs={**default_configs(), "safesteer": SafeSteerConfig(probe_components=k)})
         tally = {m: [0, 0] for m in config.methods}  # refused, judged
         bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{config.bench}", unit="item", file=sys.stderr, disable=not config.progress, dynamic_ncols=True)
         with bar, results.open("a", encoding="utf-8") as f:

@@ -62,6 +62,40 @@ class DecodeState:
         )
 
 
+    def concat(self, other: "DecodeState") -> "DecodeState":
+        """This state's rows, then `other`'s: rows that joined later (a lane arriving mid-decode).
+
+        Both are left-padded, so the shorter one gets more left padding (mask 0, zero keys and
+        values) and positions, counted from the mask, stay each row's own. Works on caches whose
+        layers hold plain `keys` / `values` [B, H, T, d] (transformers' DynamicCache).
+        """
+        T, U = self.attention_mask.shape[1], other.attention_mask.shape[1]
+        width = max(T, U)
+        layers, others = getattr(self.cache, "layers", None), getattr(other.cache, "layers", None)
+        if layers is None or others is None or len(layers) != len(others):
+            raise ValueError("these caches cannot be joined: they have no matching per-layer keys and values")
+        for mine, theirs in zip(layers, others):
+            if getattr(mine, "is_sliding", False) or not isinstance(getattr(mine, "keys", None), torch.Tensor):
+                raise ValueError(f"cache layers of type {type(mine).__name__} cannot be joined")
+            mine.keys = torch.cat([_left_pad(mine.keys, width, -2), _left_pad(theirs.keys.to(mine.keys.device), width, -2)])
+            mine.values = torch.cat([_left_pad(mine.values, width, -2), _left_pad(theirs.values.to(mine.values.device), width, -2)])
+        mask = torch.cat([_left_pad(self.attention_mask, width, -1), _left_pad(other.attention_mask.to(self.attention_mask.device), width, -1)])
+        if set(self.extras) != set(other.extras):
+            raise ValueError(f"states with different extras cannot be joined: {sorted(self.extras)} vs {sorted(other.extras)}")
+        extras = {k: torch.cat([v, other.extras[k].to(v.device)]) for k, v in self.extras.items()}
+        return DecodeState(cache=self.cache, attention_mask=mask, extras=extras)
+
+
+def _left_pad(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """Zeros on the left of `dim` up to `width` (padding: masked out, never attended)."""
+    missing = width - x.shape[dim]
+    if missing <= 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+
 def _cache_device(cache: object, default: torch.device) -> torch.device:
     layers = getattr(cache, "layers", None) or []
     for layer in layers:

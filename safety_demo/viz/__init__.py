@@ -1,6 +1,6 @@
 """Views of a `Trace`: plain functions, a trace in and a `go.Figure` (or table data) out.
 
-    tokens.py      per-token P(harmful): `highlighted_tokens`, `token_strip_figure`
+    tokens.py      per-token P(harmful) for the answer columns: `highlighted_tokens`
     contrast.py    log p(real image) − log p(noised image) per step: `contrastive_delta_figure`
     inspector.py   one step's candidates, both probabilities, probe scores: `step_table`, `step_figure`
     hidden_map.py  calibration h₀, the query's h₀ / h̄₀ and each method's trajectory: `hidden_state_map`
@@ -19,17 +19,16 @@ FONT_SIZE = 13  # body text: axis labels, legend, hover
 TITLE_SIZE = 16
 HEIGHT = 400  # default figure height in px; the width follows the container
 
-# One colour per method, used by every view (the map, the delta chart, the inspector).
-METHOD_COLORS = {"vanilla": "#7f7f7f", "safecode": "#ff7f0e", "safesteer": "#2ca02c"}
-_EXTRA_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 HARMFUL_COLOR = "#d62728"
 HARMLESS_COLOR = "#1f77b4"
 VANILLA_PROB_COLOR = "#9e9e9e"  # the model's own probability in the inspector
 
 
 def method_color(method: str, index: int = 0) -> str:
-    """The method's colour; unknown methods take a colour from a fixed spare list."""
-    return METHOD_COLORS.get(method, _EXTRA_COLORS[index % len(_EXTRA_COLORS)])
+    """The method's colour from the registry; variants and unknown names take a spare one."""
+    from ..methods import color
+
+    return color(method, index)
 
 
 def style(fig: go.Figure, title: str, subtitle: str = "", height: int = HEIGHT, **layout: Any) -> go.Figure:
@@ -106,10 +105,10 @@ def figures_html(figures: dict[str, go.Figure], title: str = "safety_demo run") 
 from .contrast import contrastive_delta_figure  # noqa: E402
 from .hidden_map import PROJECTIONS, hidden_state_map, warm_up_umap  # noqa: E402
 from .inspector import step_choices, step_figure, step_table  # noqa: E402
-from .tokens import highlighted_tokens, token_strip_figure  # noqa: E402
+from .tokens import highlighted_tokens  # noqa: E402
 
 __all__ = [
-    "PROJECTIONS", "METHOD_COLORS", "contrastive_delta_figure", "empty_figure", "esc", "figures_html",
+    "PROJECTIONS", "contrastive_delta_figure", "empty_figure", "esc", "figures_html",
     "hidden_state_map", "highlighted_tokens", "method_color", "step_choices", "step_figure",
-    "step_table", "style", "token_label", "token_strip_figure", "warm_up_umap",
+    "step_table", "style", "token_label", "warm_up_umap",
 ]

@@ -10,7 +10,7 @@ import math
 
 import plotly.graph_objects as go
 
-from ..decoding.trace import Trace
+from ..trace import Trace
 from . import empty_figure, esc, method_color, style, token_label
 
 DELTA = "policy.contrastive.delta"
@@ -75,7 +75,7 @@ def contrastive_delta_figure(traces: dict[str, Trace]) -> go.Figure:
         else:
             fig.add_trace(go.Scatter(mode="lines+markers", line=dict(color=color, width=2), marker=dict(size=5), **common))
         longest = max(longest, len(tr))
-        steps = tr.meta.get("policy", {}).get("steps") if isinstance(tr.meta.get("policy"), dict) else None
+        steps = tr.knobs.get("steps")
         if tr.method == "safecode" and steps:
             fig.add_vrect(
                 x0=-0.5, x1=min(int(steps), len(tr)) - 0.5, fillcolor=method_color("safecode"), opacity=0.1, line_width=0,

@@ -31,7 +31,7 @@ import numpy as np
 import plotly.graph_objects as go
 from threadpoolctl import threadpool_limits
 
-from ..decoding.trace import Trace
+from ..trace import Trace
 from . import HARMFUL_COLOR, HARMLESS_COLOR, empty_figure, esc, method_color, style, top_margin
 
 SEED = 0  # random_state of every projection
@@ -226,16 +226,15 @@ def _score_line(score) -> str:
 
 
 def _h0_score(owner: Trace, all_traces) -> float | None:
-    """P(harmful | h₀) from the owner's meta, else from any trace (SafeSteer's MSAV records it)."""
+    """P(harmful | h₀) from the owner, else from any trace (every trace of one request shares h₀)."""
     for t in (owner, *all_traces):
-        score = (t.meta.get("msav") or {}).get("h0_score", t.meta.get("probe.h0_score"))
-        if score is not None:
-            return float(score)
+        if t.probe_h0 is not None:
+            return float(t.probe_h0)
     return None
 
 
 def _steered(trace: Trace) -> np.ndarray | None:
-    h = trace.meta.get("prefill_hidden_steered")
+    h = trace.msav.h0bar if trace.msav is not None else None
     if h is None:
         return None
     h = np.asarray(h, dtype=np.float32).reshape(-1)
@@ -337,8 +336,8 @@ def hidden_state_map(
     at += len(bar_pick)
     for row, i in zip(bar_xy, bar_pick):
         name, _ = bars[i]
-        msav = usable[name].meta.get("msav") or {}
-        score = msav.get("h0bar_score")
+        msav = usable[name].msav
+        score = msav.h0bar_score if msav is not None else None
         fig.add_trace(
             go.Scatter(
                 x=[row[0]], y=[row[1]], mode="markers", name="h̄₀ (after MSAV)", legendgroup="query",

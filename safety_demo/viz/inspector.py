@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from ..decoding.trace import Trace
+from ..trace import Trace
 from . import VANILLA_PROB_COLOR, below_plot, esc, method_color, style, token_label, top_margin
 
 PROBE = "probe.score"

@@ -24,6 +24,6 @@ def client(app_url):
 
 @pytest.fixture(scope="session")
 def knob_defaults():
-    from safety_demo.ui.knobs import ALL_KNOBS
+    from safety_demo.methods import knob_values
 
-    return [k.default for k in ALL_KNOBS]
+    return knob_values()

@@ -29,7 +29,7 @@ def browser():
 
 
 def test_generate_in_the_browser(browser, app_url):
-    from safety_demo.ui.examples import EXAMPLES_DIR, FIGSTEP_PROMPT
+    from safety_demo.data.examples import EXAMPLES_DIR, FIGSTEP_PROMPT
 
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     page.goto(app_url, wait_until="domcontentloaded")

@@ -1,5 +1,6 @@
 """The engine on the fake model: caching, determinism, streaming, lookahead, trace export."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -63,11 +64,11 @@ def test_stops_on_eos(fake, photo):
     class EosNow(Policy):
         name = "vanilla"
 
-        def step(self, inp):
-            return Decision(logits=inp.logits[0], forced_token=fake.tokenizer.eos_token_id, action="forced")
+        def step(self, view):
+            return Decision(logits=view.logits[0], forced_token=fake.tokenizer.eos_token_id, action="forced")
 
     trace = run_to_end(fake, Request(photo, "x"), EosNow(), GenerationConfig(max_new_tokens=20))
-    assert len(trace) == 1 and trace.meta["stopped_on_eos"]
+    assert len(trace) == 1 and trace.stopped_on_eos
 
 
 class PickLast(Policy):
@@ -75,13 +76,12 @@ class PickLast(Policy):
 
     name = "vanilla"
 
-    def step(self, inp):
-        return Decision(logits=inp.logits[0], lookahead=torch.topk(inp.logits[0], 3).indices, action="reranked")
+    def step(self, view):
+        return Decision(logits=view.logits[0], lookahead=torch.topk(view.logits[0], 3).indices, action="reranked")
 
-    def choose(self, inp, decision, ahead_hidden):
+    def choose(self, view, decision, ahead_hidden):
         assert ahead_hidden.shape[0] == 3
-        decision.candidate_scores = {"probe.score": ahead_hidden[:, 0]}
-        return 2, decision
+        return replace(decision, candidate_scores={"probe.score": ahead_hidden[:, 0]}, choice=2)
 
 
 def test_lookahead_keeps_the_chosen_rows_cache_and_logits(fake, photo):

@@ -94,8 +94,8 @@ def test_one_batched_forward_per_reranked_step(fake, req):
 @pytest.mark.parametrize("threshold,fires", [(0.0, True), (1.0, False)])
 def test_msav_fires_only_above_threshold(fake, req, threshold, fires):
     trace = run_to_end(fake, req, SafeSteerPolicy(probe=axis_probe(fake), threshold=threshold, use_probe=False), GenerationConfig(max_new_tokens=2))
-    assert trace.meta["msav"]["fired"] is fires
-    assert ("prefill_hidden_steered" in trace.meta) is fires
+    assert trace.msav.fired is fires
+    assert (trace.msav.h0bar is not None) is fires
 
 
 def test_msav_first_token_logits_come_from_h0_bar(fake, req):
@@ -104,22 +104,32 @@ def test_msav_first_token_logits_come_from_h0_bar(fake, req):
     h0 = fake.prefill([req]).hidden[0].numpy()
     alpha = np.linalg.norm(h0 - probe.mu_cb)
     h_bar = h0 + alpha * probe.mu
-    np.testing.assert_allclose(trace.meta["prefill_hidden_steered"], h_bar, rtol=1e-5)
-    expected = torch.softmax(fake.logits_from_hidden(torch.as_tensor(h_bar)[None])[0], -1)
-    np.testing.assert_allclose(trace.raw_probs[0], expected[torch.as_tensor(trace.candidate_ids[0])].numpy(), rtol=1e-4)
+    np.testing.assert_allclose(trace.msav.h0bar, h_bar, rtol=1e-5)
+    cands = torch.as_tensor(trace.candidate_ids[0])
+    steered = torch.softmax(fake.logits_from_hidden(torch.as_tensor(h_bar)[None])[0], -1)
+    np.testing.assert_allclose(trace.policy_probs[0], steered[cands].numpy(), rtol=1e-4)  # the method decoded from h̄₀
+    assert trace.token_ids[0] == int(torch.argmax(steered))
+
+
+def test_raw_probs_stay_the_models_own_after_msav(fake, req):
+    """`raw_probs` is the unsteered model's distribution at every step, step 0 included."""
+    trace = run_to_end(fake, req, SafeSteerPolicy(probe=axis_probe(fake, bias=5.0), use_probe=False, msav_scale=1.0), GenerationConfig(max_new_tokens=1))
+    assert trace.msav.fired
+    own = torch.softmax(fake.prefill([req]).logits[0], -1)
+    np.testing.assert_allclose(trace.raw_probs[0], own[torch.as_tensor(trace.candidate_ids[0])].numpy(), rtol=1e-4)
+    assert not np.allclose(trace.raw_probs[0], trace.policy_probs[0], rtol=1e-3)
 
 
 def test_scaled_msav_moves_by_a_fraction_of_the_distance(fake, req):
     trace = run_to_end(fake, req, SafeSteerPolicy(probe=axis_probe(fake, bias=5.0), use_probe=False, msav_scale=0.25), GenerationConfig(max_new_tokens=1))
-    m = trace.meta["msav"]
-    assert m["shift_norm"] == pytest.approx(0.25 * m["alpha"], rel=1e-4)
+    assert trace.msav.shift_norm == pytest.approx(0.25 * trace.msav.alpha, rel=1e-4)
 
 
 @pytest.mark.parametrize("direction,sign", [("to_text", -1.0), ("as_written", 1.0)])
 def test_msav_direction(fake, req, direction, sign):
     probe = axis_probe(fake, bias=5.0)  # μ = unit vector on axis 1
     trace = run_to_end(fake, req, SafeSteerPolicy(probe=probe, use_probe=False, msav_direction=direction), GenerationConfig(max_new_tokens=1))
-    moved = trace.meta["prefill_hidden_steered"] - trace.prefill_hidden
+    moved = trace.msav.h0bar - trace.prefill_hidden
     assert np.sign(moved[1]) == sign and np.allclose(np.delete(moved, 1), 0, atol=1e-5)
 
 
@@ -133,7 +143,7 @@ def test_ablation_without_both_is_vanilla(fake, req):
 
 def test_probe_from_another_model_is_refused(fake, req):
     with pytest.raises(InputError, match="fitted on"):
-        run_to_end(fake, req, SafeSteerPolicy(probe=axis_probe(fake, model_id="other-model")), GenerationConfig(max_new_tokens=1))
+        SafeSteerPolicy.for_model(fake, axis_probe(fake, model_id="other-model"))
 
 
 def test_probe_scores_for_any_trace(fake, req):

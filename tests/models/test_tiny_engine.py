@@ -17,7 +17,7 @@ def test_plumbing_engine_three_methods_side_by_side(family):
     tiny = load_tiny(family)
     policies = lambda: {  # noqa: E731 - fresh policies for each run
         "vanilla": VanillaPolicy(),
-        "safecode": SafeCoDePolicy(verdict="unsafe", caption_max_tokens=4),
+        "safecode": SafeCoDePolicy.for_model(tiny, verdict="unsafe", caption_max_tokens=4),
         "safesteer": SafeSteerPolicy(probe=axis_probe(tiny, bias=5.0), steps=2, top_k=3),
     }
     config = GenerationConfig(max_new_tokens=5, ignore_eos=True)
@@ -29,7 +29,7 @@ def test_plumbing_engine_three_methods_side_by_side(family):
         assert len(alone) == 5
     assert together["safecode"].actions[0] == "forced"
     assert together["safesteer"].actions[:2] == ["reranked", "reranked"]
-    assert together["safesteer"].meta["msav"]["fired"]
+    assert together["safesteer"].msav.fired
 
 
 @pytest.mark.parametrize("family", list(TINY_FAMILIES))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from safety_demo.decoding.trace import StepRecord, Trace
+from safety_demo.trace import MsavInfo, StepRecord, Trace
 
 D = 16  # hidden size of the synthetic traces and calibration set
 WORDS = ["I", " cannot", " help", " with", " that", ".", "\n", " Sure", " here", " is"]
@@ -54,12 +54,12 @@ def make_trace(
                 hidden=rng.normal(size=dims).astype(np.float32) if hidden else None,
             )
         )
-    meta = {"method": method, "policy": {"steps": 3} if method == "safecode" else {}}
+    run = {"knobs": {"steps": 3} if method == "safecode" else {}}
     if steered:
-        meta["msav"] = {"fired": True, "h0_score": 0.9, "h0bar_score": 0.3}
-        meta["prefill_hidden_steered"] = np.full(dims, 0.5, dtype=np.float32)
+        run["msav"] = MsavInfo(fired=True, mode="scaled", direction="to_text", h0bar_score=0.3, h0bar=np.full(dims, 0.5, dtype=np.float32))
+        run["probe_h0"] = 0.9
     h0 = np.linspace(-1, 1, dims).astype(np.float32)  # the same query h₀ for every method
-    return Trace.from_steps(method, "".join(s.token for s in steps), steps, h0, meta)
+    return Trace.from_steps(method, "".join(s.token for s in steps), steps, h0, **run)
 
 
 @pytest.fixture

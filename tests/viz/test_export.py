@@ -5,7 +5,6 @@ from safety_demo.viz import (
     figures_html,
     hidden_state_map,
     step_figure,
-    token_strip_figure,
 )
 
 
@@ -13,7 +12,7 @@ from safety_demo.viz import (
 def figures(traces, calibration):
     h, labels, comps = calibration
     return {
-        "tokens <safesteer>": token_strip_figure(traces["safesteer"]),
+        "step 0 <safesteer>": step_figure(traces["safesteer"], 0),
         "deltas": contrastive_delta_figure(traces),
         "step 1": step_figure(traces["safesteer"], 1),
         "map": hidden_state_map(h, labels, comps, traces),
@@ -33,7 +32,7 @@ def test_figures_html_inlines_plotly_once(figures):
     page = figures_html(figures, title="run 1")
     assert page.startswith("<!DOCTYPE html>")
     assert page.count("<section>") == len(figures)
-    assert "tokens &lt;safesteer&gt;" in page  # names are escaped
+    assert "step 0 &lt;safesteer&gt;" in page  # names are escaped
     assert page.count("Plotly.newPlot") == len(figures)
     assert "src=\"https://cdn.plot.ly" not in page
     marker = "plotly.js v"  # the bundle's banner appears once when inlined once

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..data.render import blank_image, render_figstep, render_typo
+from .render import blank_image, render_figstep, render_typo
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
 FIGSTEP_PROMPT = (

@@ -1,0 +1,137 @@
+"""What the app's callbacks call, one function each: start a run, stream it, finish it, re-view it.
+
+No Gradio here: inputs are plain values (the upload's path, the prompt, the model name, the
+knob values in `methods.all_knobs()` order) and outputs are dataclasses the screen lays out.
+A `Run` remembers the model it ran on, so the views of a finished run never read the
+dropdowns as they are now.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from ..compare import Column, CompareConfig, compare
+from ..explain import walkthrough
+from ..inputs import clean_prompt, load_image
+from ..methods import read_knobs, title
+from ..models import Request, VLMAdapter
+from ..probe import DecodingProbe
+from ..trace import Trace
+from ..viz import empty_figure
+from ..viz.contrast import contrastive_delta_figure
+from ..viz.hidden_map import hidden_state_map
+from ..viz.inspector import step_figure, step_table
+from .session import calibration_points, export, model, probe_for
+
+REFRESH_SECONDS = 0.1  # the columns are redrawn at most ten times a second: plenty for a reader
+
+
+@dataclass
+class Started:
+    """A validated request with its model and probe loaded."""
+
+    model_name: str
+    adapter: VLMAdapter
+    request: Request
+    config: CompareConfig
+    probe: DecodingProbe | None
+
+
+@dataclass
+class Run:
+    """A finished run, kept in the browser session: the views of it read only this."""
+
+    model_name: str
+    traces: dict[str, Trace] = field(default_factory=dict)
+
+
+@dataclass
+class Finished:
+    run: Run
+    columns: dict[str, Column]
+    message: str
+    story: str
+    delta: Any  # go.Figure
+    map: Any
+    step: Any
+    step_rows: list[dict]
+    steps: int  # the longest answer's length (the step slider's range)
+    json_path: str
+    html_path: str
+
+
+def start(upload_path: str | None, prompt: str, model_name: str, knob_values: list[Any]) -> Started:
+    """Check every input and load what the run needs; raises InputError / UserFacingError with a sentence."""
+    prompt = clean_prompt(prompt)
+    image = load_image(upload_path)
+    generation, configs = read_knobs(list(knob_values))
+    adapter = model(model_name)
+    probe = probe_for(adapter, configs["safesteer"].probe_components)
+    return Started(model_name, adapter, Request(image, prompt), CompareConfig(generation=generation, configs=configs), probe)
+
+
+def stream(started: Started) -> Iterator[dict[str, Column]]:
+    """The columns as they fill, redrawn at most every REFRESH_SECONDS."""
+    yield from compare(started.adapter, started.request, started.config, started.probe, refresh=REFRESH_SECONDS)
+
+
+def finish(started: Started, columns: dict[str, Column], projection: str, method: str) -> Finished:
+    """Every view of the finished run, drawn with the projection and method the screen shows now."""
+    run = Run(started.model_name, {m: c.trace for m, c in columns.items() if c.trace is not None})
+    figures = {"delta": contrastive_delta_figure(run.traces), "map": map_view(run, projection), "step": None}
+    figures["step"], rows = step_view(run, method, 0)
+    json_path, html_path = export(run.traces, figures)
+    message = "Done. Explore the views below."
+    if any(c.error for c in columns.values()):
+        message += " ⚠️ A method failed; see its column."
+    steps = max((len(t) for t in run.traces.values()), default=1)
+    return Finished(run, columns, message, walkthrough(run.traces), figures["delta"], figures["map"], figures["step"], rows, steps, json_path, html_path)
+
+
+def step_view(run: Run | None, method: str, step: int) -> tuple[Any, list[dict]]:
+    """The step inspector: `method`'s candidates at `step`."""
+    trace = (run.traces if run else {}).get(method)
+    if trace is None or not len(trace):
+        return empty_figure("Step inspector", "Run a generation first." if not run else f"{title(method)} produced no tokens."), []
+    step = min(max(int(step or 0), 0), len(trace) - 1)
+    return step_figure(trace, step), step_table(trace, step)
+
+
+def map_view(run: Run | None, projection: str) -> Any:
+    """The hidden-state map of `run`, on the calibration points of the model it ran on."""
+    if not run or not run.traces:
+        return empty_figure("Hidden-state map", "Run a generation first.")
+    calib = calibration_points(model(run.model_name))
+    if calib is None:
+        return empty_figure("Hidden-state map", "No calibration features for this model yet (fit the probe first).")
+    return hidden_state_map(*calib, run.traces, method=projection)
+
+
+def column_stats(col: Column) -> str:
+    """The line above an answer: tokens, speed, first-token time, or what it is waiting for."""
+    if col.error:
+        return f"⚠️ **failed:** {col.error}"
+    if col.trace is not None:
+        t = col.trace.timings
+        judge = f" · judge {t.prepare:.1f}s" if col.trace.judge is not None else ""
+        return f"{len(col.trace)} tokens · **{col.trace.tokens_per_second:.1f} tok/s** · first token {t.ttft or 0:.1f}s · total {t.total:.1f}s{judge}"
+    if col.note:
+        return f"{col.note} · {col.seconds:.1f}s"
+    return f"{col.n_tokens} tokens · {col.seconds:.1f}s …"
+
+
+def column_info(col: Column) -> str:
+    """The line under an answer: the judge's caption and verdict, or the probe's reading and MSAV."""
+    trace = col.trace
+    if trace is None:
+        return ""
+    if trace.judge is not None:
+        j = trace.judge
+        return f"**Caption:** {j.caption or '—'}  \n**Verdict:** `{j.verdict}` ({j.source}; raw: “{j.raw[:60]}”) · α = {trace.facts.get('alpha')}"
+    if trace.msav is not None:
+        s = trace.msav
+        after = f" → h̄₀ {s.h0bar_score:.2f}" if s.h0bar_score is not None else ""
+        return f"**P(harmful | h₀):** {trace.probe_h0:.2f}{after} · **MSAV** {'fired' if s.fired else 'did not fire'}  \n{trace.probe}"
+    from ..methods import METHODS
+
+    return METHODS[col.method].summary if col.method in METHODS else ""
