@@ -53,6 +53,7 @@ class Method:
     prepare: Prepare  # (adapter, request, its config, a probe or None) -> policy, or decodes then policy
     config: type | None = None  # its knobs' dataclass
     knobs: tuple[Knob, ...] = ()  # which of them the app shows, and how
+    uses_probe: Callable[[Any], bool] = lambda config: False  # does it read SafeSteer's probe, with this config?
 
 
 def _vanilla(adapter: VLMAdapter, request: Request, config: None, probe: DecodingProbe | None) -> Policy:
@@ -109,6 +110,7 @@ METHODS: dict[str, Method] = {
                 Knob(SafeCoDeConfig, "safe_early_stop", "Safe path: stop once the answer reads as language", "checkbox", info="official: two words, first capitalised"),
                 Knob(SafeCoDeConfig, "delta_after_steps", "Contrastive delta for every token", "checkbox", info="keeps the noised row running (one more row)"),
             ),
+            uses_probe=lambda config: config.judge == "probe",
         ),
         Method(
             "safesteer", "SafeSteer", "#2ca02c", "A probe reranks the first tokens; MSAV moves h₀ of harmful inputs.", _safesteer, SafeSteerConfig,
@@ -123,6 +125,7 @@ METHODS: dict[str, Method] = {
                 Knob(SafeSteerConfig, "use_msav", "Apply MSAV", "checkbox"),
                 Knob(SafeSteerConfig, "probe_components", "Probe PCA components", "dropdown", choices=("auto", 4), info="auto = smallest k within 0.01 AUROC of the best; 4 = the paper"),
             ),
+            uses_probe=lambda config: True,  # P(harmful | h₀) is read even with both parts off
         ),
     )
 }
@@ -171,6 +174,11 @@ def method_config(name: str, configs: Mapping[str, Any] | None = None) -> Any:
         return None
     config = (configs or {}).get(method.name) or method.config()
     return replace(config, **VARIANTS.get(name, (name, {}))[1])
+
+
+def uses_probe(name: str, configs: Mapping[str, Any] | None = None) -> bool:
+    """Whether `name` reads the probe (so a caller loads it once, before decoding)."""
+    return base_method(name).uses_probe(method_config(name, configs))
 
 
 def prepare(name: str, adapter: VLMAdapter, request: Request, configs: Mapping[str, Any] | None = None, probe: DecodingProbe | None = None) -> Policy | Preparation:
@@ -246,5 +254,5 @@ def _knob_value(knob: Knob, value: Any) -> Any:
 
 __all__ = [
     "GENERATION_KNOBS", "METHODS", "VARIANTS", "Knob", "Method", "all_knobs", "base_method", "build", "color", "default_configs",
-    "knob_groups", "knob_keys", "knob_values", "method_config", "method_names", "prepare", "read_knobs", "title",
+    "knob_groups", "knob_keys", "knob_values", "method_config", "method_names", "prepare", "read_knobs", "title", "uses_probe",
 ]

@@ -45,3 +45,21 @@ def test_non_image_file(tmp_path, capsys):
     bad.write_text("nope")
     assert main(["generate", "--model", "fake", "--image", str(bad), "--prompt", "hi"]) == 2
     assert "not an image" in capsys.readouterr().err
+
+
+def test_compare_prints_every_column_and_writes_the_traces(image, tmp_path, capsys):
+    out = tmp_path / "traces.json"
+    code = main(["compare", "--model", "fake", "--image", str(image), "--prompt", "how to make a cake",
+                 "--methods", "vanilla,safecode", "--max-new-tokens", "5", "--json", str(out)])
+    assert code == 0
+    printed = capsys.readouterr()
+    assert "── vanilla" in printed.out and "── safecode" in printed.out
+    assert "[safecode]" in printed.err and "judge:" in printed.err
+    data = json.loads(out.read_text())
+    assert set(data) == {"vanilla", "safecode"} and data["safecode"]["judge"]["verdict"] in ("safe", "unsafe")
+    assert "safecode:caption" in data["vanilla"]["shared_with"]  # the judge's caption decoded in vanilla's batch
+
+
+def test_compare_refuses_an_unknown_method(image, capsys):
+    assert main(["compare", "--model", "fake", "--image", str(image), "--prompt", "hi", "--methods", "vanilla,nope"]) == 2
+    assert "nope" in capsys.readouterr().err

@@ -118,6 +118,7 @@ class Lane:
     generated: list[int] = field(default_factory=list)
     steps: list[StepRecord] = field(default_factory=list)
     h0: np.ndarray | None = None  # [D] last prompt position at prefill
+    shared: set[str] = field(default_factory=set)  # lanes that were in a forward with this one
     prefill_seconds: float = 0.0
     t_prefilled: float = 0.0
     ttft: float | None = None
@@ -157,9 +158,12 @@ class Engine:
             self._fail(lane, exc)
 
     def run(self) -> Iterator[tuple[str, StepEvent]]:
+        """Step until every lane is done: (lane, event) per token, then one done event per lane."""
         while self._waiting or len(self.rows):
             self._join_waiting()  # prefill newcomers' rows and append them to the cache
             feeds = {n: f for n in self.rows.names if (f := self._decide(self.lanes[n])) is not None}  # policy.step per lane
+            for name in feeds:
+                self.lanes[name].shared.update(feeds)
             yield from self._flush()
             if not feeds:
                 self._gather(self.rows.regroup({}))
@@ -281,7 +285,7 @@ class Engine:
             model=self.adapter.name, model_id=self.adapter.model_id, prompt=lane.requests[0].prompt if lane.requests else "",
             config=asdict(lane.config), knobs=lane.policy.describe(), timings=timings,
             rows=len(lane.requests) if lane.logits is None else int(lane.logits.shape[0]),
-            shared_with=[n for n in self.lanes if n != lane.name], error=lane.error,
+            shared_with=sorted(lane.shared - {lane.name}), error=lane.error,
             stopped_on_eos=bool(lane.generated and lane.generated[-1] in self.adapter.eos_token_ids),
         )
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ..compare import CompareConfig, compare as side_by_side
 from ..decoding import GenerationConfig, SafeSteerConfig, Trace
-from ..methods import METHODS, default_configs, method_names
+from ..methods import METHODS, default_configs, method_names, uses_probe
 from ..inputs import InputError
 from ..models import DEFAULT_MODEL, Request, VLMAdapter, load_adapter
 from ..probe import get_probe
@@ -203,9 +203,10 @@ def run_eval(config: EvalConfig, judge: Judge = phrase_judge, adapter: VLMAdapte
     if todo:
         adapter = adapter or load_adapter(config.model)
         k = config.probe_components
-        probe = get_probe(adapter, progress=config.progress, components=k) if any(m.startswith("safe") for _, ms in todo for m in ms) else None
         gen = GenerationConfig(max_new_tokens=config.max_new_tokens, seed=config.seed, keep_hidden=False)
         compare = CompareConfig(generation=gen, methods=config.methods, configs={**default_configs(), "safesteer": SafeSteerConfig(probe_components=k)})
+        needs_probe = any(uses_probe(m, compare.configs) for _, ms in todo for m in ms)
+        probe = get_probe(adapter, progress=config.progress, components=k) if needs_probe else None
         tally = {m: [0, 0] for m in config.methods}  # refused, judged
         bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{config.bench}", unit="item", file=sys.stderr, disable=not config.progress, dynamic_ncols=True)
         with bar, results.open("a", encoding="utf-8") as f:

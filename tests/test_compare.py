@@ -1,0 +1,58 @@
+"""`compare`: every method in one batch; SafeCoDe's judge decodes as rows of that batch, not before it."""
+import pytest
+
+from safety_demo.compare import CompareConfig, compare
+from safety_demo.decoding import GenerationConfig, run_to_end
+from safety_demo.methods import build
+from safety_demo.models.base import Request
+
+from .decoding.test_safesteer import Counting, axis_probe
+
+CONFIG = CompareConfig(generation=GenerationConfig(max_new_tokens=6, ignore_eos=True))
+
+
+@pytest.fixture
+def req(photo):
+    return Request(photo, "how to make a bomb")
+
+
+def test_other_columns_stream_while_the_judge_decodes(fake, req):
+    counting = Counting(fake)
+    history = [{m: (c.n_tokens, c.note, c.trace is not None) for m, c in cols.items()} for cols in compare(counting, req, CONFIG, axis_probe(fake, bias=5.0))]
+    first = next(h for h in history if h["vanilla"][0] >= 1)
+    assert first["safecode"][0] == 0 and first["safecode"][1].startswith("judge") and not first["safecode"][2]
+    # prefills: the shared real row (vanilla + SafeSteer) with the caption row, the verdict row, then SafeCoDe's real + noised rows
+    assert [b for kind, b in counting.calls if kind == "prefill"] == [2, 1, 2]
+    steps = [b for kind, b in counting.calls if kind == "step"]
+    assert steps[0] == 1 + 5 + 1  # vanilla, SafeSteer's 5 candidates and the caption row, in one forward
+
+
+def test_methods_give_what_they_give_alone(fake, req):
+    probe = axis_probe(fake, bias=5.0)
+    columns = list(compare(fake, req, CONFIG, probe))[-1]
+    for name, col in columns.items():
+        alone = run_to_end(fake, req, build(name, fake, req, CONFIG.configs, probe), CONFIG.generation)
+        assert col.trace.token_ids.tolist() == alone.token_ids.tolist(), name
+    judged = columns["safecode"].trace.judge
+    alone = build("safecode", fake, req, CONFIG.configs, probe).judged
+    assert (judged.caption, judged.raw, judged.verdict) == (alone.caption, alone.raw, alone.verdict)
+    assert columns["vanilla"].trace.timings.ttft < columns["safecode"].trace.timings.ttft
+
+
+def test_refresh_coalesces_the_updates(fake, req):
+    probe = axis_probe(fake)
+    every = list(compare(fake, req, CONFIG, probe))
+    few = list(compare(fake, req, CONFIG, probe, refresh=3600.0))
+    assert len(few) < len(every) and all(c.done for c in few[-1].values())
+
+
+def test_a_method_whose_preparation_fails_ends_alone(fake, req, monkeypatch):
+    import safety_demo.methods as methods
+
+    def broken(adapter, request, config, probe):
+        raise RuntimeError("judge crashed")
+
+    monkeypatch.setitem(methods.METHODS, "safecode", methods.replace(methods.METHODS["safecode"], prepare=broken))
+    columns = list(compare(fake, req, CONFIG, axis_probe(fake)))[-1]
+    assert "judge crashed" in columns["safecode"].error and columns["safecode"].trace is None
+    assert columns["vanilla"].trace is not None and columns["safesteer"].trace is not None
