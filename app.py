@@ -72,9 +72,15 @@ def _upload_path(payload) -> str | None:
     return path
 
 
-def _columns(columns) -> dict:
+def _columns(columns, shown: dict | None = None) -> dict:
+    """The answer columns' components; with `shown`, only those of columns that changed since."""
     update = {}
     for m, col in columns.items():
+        state = (len(col.tokens), col.note, col.done)
+        if shown is not None and shown.get(m) == state:
+            continue
+        if shown is not None:
+            shown[m] = state
         update.update({answers[m]: col.tokens, stats[m]: run_views.column_stats(col), infos[m]: run_views.column_info(col)})
     return update
 
@@ -83,10 +89,12 @@ def generate(image, prompt, model_name, projection, method, *knob_values):
     """Generate: stream every column, then fill every view."""
     try:
         started = run_views.start(_upload_path(image), prompt, model_name, list(knob_values))
-        yield {status: "Decoding every method in one batch per step (SafeCoDe's judge runs as extra rows)…"}
-        columns = {}
+        blank = {c: [] for c in answers.values()} | {c: "" for c in (*stats.values(), *infos.values(), story)}
+        yield {**blank, status: "Decoding every method in one batch per step (SafeCoDe's judge runs as extra rows)…"}
+        columns, shown = {}, {}
         for columns in run_views.stream(started):
-            yield _columns(columns)
+            if update := _columns(columns, shown):  # what changed: the other columns are not sent again
+                yield update
         done = run_views.finish(started, columns, projection, method)
     except Exception as exc:
         raise _fail(exc)

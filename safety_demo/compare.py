@@ -66,14 +66,23 @@ class _Run:
         self.engine = Engine(adapter, config.generation, isolate_errors=True)
         self.columns = {m: Column(m) for m in config.methods}
         self.preparing: dict[str, tuple[str, Any]] = {}  # lane of a preparation's decode -> (method, its generator)
+        self.deferred: list[tuple[str, Any]] = []  # preparations that start after the first token
         for name in config.methods:
             try:
                 self._advance(name, prepare(name, adapter, request, config.configs, probe))
             except Exception as exc:  # the judge or the probe failed: this column only
                 self._fail(name, exc)
+        if not self.engine.lanes:  # nothing else to stream first
+            self._start_deferred()
+
+    def _start_deferred(self) -> None:
+        deferred, self.deferred = self.deferred, []
+        for name, prep in deferred:
+            self._send(name, prep, None)
 
     def events(self) -> Iterator[tuple[dict[str, Column], bool]]:
         for lane, event in self.engine.run():
+            self._start_deferred()  # the judge's rows join after the first token: the others' first token never waits for them
             if lane in self.preparing:  # a judge decode: feed its trace back when it is done
                 name, prep = self.preparing[lane]
                 if event.done:
@@ -81,17 +90,19 @@ class _Run:
                     self._send(name, prep, event.trace)
                 else:
                     self.columns[name].note = f"judge: {lane.split(':')[-1]}… {event.text[-60:]}"
+                self.columns[name].seconds = time.perf_counter() - self.t0
                 yield self.columns, event.done
                 continue
             self._update(self.columns[lane], event)
             yield self.columns, event.done
 
-    def _advance(self, name: str, prep: Policy | Any, trace: Trace | None = None) -> None:
-        """Start `name`: its policy joins the batch, or its preparation's next decode does."""
+    def _advance(self, name: str, prep: Policy | Any) -> None:
+        """Start `name`: its policy joins the batch now; a preparation's decodes join after the first token."""
         if isinstance(prep, Policy):
             self.engine.add(name, prep, self.request, since=self.t0)
-            return
-        self._send(name, prep, trace)
+        else:
+            self.deferred.append((name, prep))
+            self.columns[name].note = "judge: waiting for the first step…"
 
     def _send(self, name: str, prep: Any, trace: Trace | None) -> None:
         try:

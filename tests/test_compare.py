@@ -21,10 +21,11 @@ def test_other_columns_stream_while_the_judge_decodes(fake, req):
     history = [{m: (c.n_tokens, c.note, c.trace is not None) for m, c in cols.items()} for cols in compare(counting, req, CONFIG, axis_probe(fake, bias=5.0))]
     first = next(h for h in history if h["vanilla"][0] >= 1)
     assert first["safecode"][0] == 0 and first["safecode"][1].startswith("judge") and not first["safecode"][2]
-    # prefills: the shared real row (vanilla + SafeSteer) with the caption row, the verdict row, then SafeCoDe's real + noised rows
-    assert [b for kind, b in counting.calls if kind == "prefill"] == [2, 1, 2]
+    # prefills: the shared real row (vanilla + SafeSteer); after their first token the caption row, then the
+    # verdict row, then SafeCoDe's real + noised rows
+    assert [b for kind, b in counting.calls if kind == "prefill"] == [1, 1, 1, 2]
     steps = [b for kind, b in counting.calls if kind == "step"]
-    assert steps[0] == 1 + 5 + 1  # vanilla, SafeSteer's 5 candidates and the caption row, in one forward
+    assert steps[:2] == [1 + 5, 1 + 5 + 1]  # vanilla and SafeSteer's 5 candidates; then the caption row joins that forward
 
 
 def test_methods_give_what_they_give_alone(fake, req):

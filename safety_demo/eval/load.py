@@ -18,8 +18,10 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,19 +49,17 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def run_load(requests: int, concurrency: int, max_new_tokens: int, model: str, timeout: float, queue: int) -> LoadResult:
-    from gradio_client import Client, handle_file
-
-    from ..data.examples import ensure_examples
-    from ..methods import knob_values
+@contextmanager
+def served_app(queue: int = 16, startup_seconds: float = 180.0) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`app.py` in a subprocess on loopback and a free port: yields (url, process), stops it after."""
+    from gradio_client import Client
 
     port = _free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1", "SAFETY_DEMO_QUEUE": str(queue)}
     server = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    result = LoadResult()
     try:
         url = f"http://127.0.0.1:{port}/"
-        deadline = time.time() + 180
+        deadline = time.time() + startup_seconds
         while True:  # wait for the server to answer
             try:
                 Client(url, verbose=False)
@@ -68,6 +68,23 @@ def run_load(requests: int, concurrency: int, max_new_tokens: int, model: str, t
                 if time.time() > deadline or server.poll() is not None:
                     raise RuntimeError("the app did not start")
                 time.sleep(2)
+        yield url, server
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def run_load(requests: int, concurrency: int, max_new_tokens: int, model: str, timeout: float, queue: int) -> LoadResult:
+    from gradio_client import Client, handle_file
+
+    from ..data.examples import ensure_examples
+    from ..methods import knob_values
+
+    result = LoadResult()
+    with served_app(queue) as (url, server):
         knobs = knob_values(max_new_tokens=max_new_tokens)
         examples = ensure_examples()
         lock = threading.Lock()
@@ -103,12 +120,6 @@ def run_load(requests: int, concurrency: int, max_new_tokens: int, model: str, t
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             list(pool.map(one, range(requests)))
         result.seconds = time.time() - t0
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
     return result
 
 
