@@ -15,7 +15,7 @@ import gradio as gr
 import torch
 
 from safety_demo.data.examples import EXAMPLES, ensure_examples
-from safety_demo.inputs import InputError
+from safety_demo.inputs import LIMITS, InputError
 from safety_demo.methods import METHODS, Knob, knob_groups
 from safety_demo.models import DEFAULT_MODEL, model_choices
 from safety_demo.ui import notes
@@ -27,9 +27,16 @@ try:  # ZeroGPU on Hugging Face Spaces; a no-op decorator anywhere else
     import spaces
 
     gpu = spaces.GPU(duration=120)
+    ZEROGPU = True
 except ImportError:  # pragma: no cover - depends on the host
     def gpu(fn):
         return fn
+
+    ZEROGPU = False
+# Visitors share one batch per model (continuous batching), except on ZeroGPU, where the GPU
+# exists only inside each request's own call.
+SHARED_BATCH = not ZEROGPU and os.environ.get("SAFETY_DEMO_SHARED_BATCH", "1") == "1"
+CONCURRENCY = int(os.environ.get("SAFETY_DEMO_CONCURRENCY", 4)) if SHARED_BATCH else 1
 
 log = logging.getLogger("safety_demo.app")
 CSS = """
@@ -88,14 +95,14 @@ def _columns(columns, shown: dict | None = None) -> dict:
 def generate(image, prompt, model_name, projection, method, *knob_values):
     """Generate: stream every column, then fill every view."""
     try:
-        started = run_views.start(_upload_path(image), prompt, model_name, list(knob_values))
+        started = run_views.start(_upload_path(image), prompt, model_name, list(knob_values), projection, method)
         blank = {c: [] for c in answers.values()} | {c: "" for c in (*stats.values(), *infos.values(), story)}
-        yield {**blank, status: "Decoding every method in one batch per step (SafeCoDe's judge runs as extra rows)…"}
+        yield {**blank, status: started.notice + "Decoding every method in one batch per step (SafeCoDe's judge runs as extra rows)…"}
         columns, shown = {}, {}
-        for columns in run_views.stream(started):
+        for columns in run_views.stream(started, shared=SHARED_BATCH):
             if update := _columns(columns, shown):  # what changed: the other columns are not sent again
                 yield update
-        done = run_views.finish(started, columns, projection, method)
+        done = run_views.finish(started, columns)
     except Exception as exc:
         raise _fail(exc)
     yield {
@@ -201,18 +208,25 @@ with gr.Blocks(title="safety_demo: safety-steering decoding, token by token", de
                  step_plot, step_rows, step_slider, run_state, export_json, export_html],
         api_name="generate",
         preprocess=False,  # raw upload path: load_image checks it with clear messages
+        concurrency_limit=CONCURRENCY,  # requests running at once: their rows share the model's one batch
     )
     step_method.change(inspect, inputs=[run_state, step_method, step_slider], outputs=[step_plot, step_rows])
     step_slider.release(inspect, inputs=[run_state, step_method, step_slider], outputs=[step_plot, step_rows])
     projection_in.change(remap, inputs=[run_state, projection_in], outputs=[map_plot])
 
 demo.queue(max_size=int(os.environ.get("SAFETY_DEMO_QUEUE", 16)), default_concurrency_limit=1)
+# uploads above the limit are refused by Gradio before they reach a callback; its own refusals are sentences too
+LAUNCH_OPTIONS = dict(max_file_size=f"{LIMITS.max_upload_mb}mb", show_error=True)
 
 
 def warm_start(name: str = DEFAULT_MODEL) -> None:
-    """Load the default model and its probe and compile UMAP before the first click."""
+    """Load the default model and its probe and compile UMAP before the first click.
+
+    With SAFETY_DEMO_FIT_PROBES=1 the operator has a missing probe fitted here, at start-up;
+    a visitor's request never fits one.
+    """
     try:
-        probe_for(model(name))
+        probe_for(model(name), fit_if_missing=os.environ.get("SAFETY_DEMO_FIT_PROBES") == "1")
         warm_up_umap()
     except Exception:  # the first request will report it properly
         log.exception("warm start failed")
@@ -225,4 +239,5 @@ if __name__ == "__main__":
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
         css=CSS,
         theme=gr.themes.Soft(),
+        **LAUNCH_OPTIONS,
     )

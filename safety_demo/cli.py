@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--prompts", type=int, default=2)
     bench.add_argument("--output", type=Path, default=Path("docs/PERFORMANCE.md"))
     bench.add_argument("--json", type=Path, metavar="FILE", help="also write the named figures (vanilla_tok_s, bound_tok_s, ratios, cpu, dtype) as JSON")
+    bench.add_argument("--app", action="store_true", help="also time the app's streaming against compare() (starts app.py on loopback)")
 
     ev = sub.add_parser("eval", help="run methods over a benchmark: ASR / refusal rate, resumable (writes results.jsonl, summary.md, report.html)")
     ev.add_argument("--bench", required=True, choices=list(_bench_loaders()), help="benchmark format")
@@ -231,7 +232,7 @@ def cmd_fit_probe(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .eval.bench import BenchConfig, main as bench_main
 
-    cfg = BenchConfig(model=args.model, new_tokens=args.new_tokens, repeats=args.repeats, prompts=args.prompts, output=args.output)
+    cfg = BenchConfig(model=args.model, new_tokens=args.new_tokens, repeats=args.repeats, prompts=args.prompts, output=args.output, app=args.app)
     return bench_main(cfg, "python -m safety_demo " + " ".join(sys.argv[1:]), json_path=args.json)
 
 

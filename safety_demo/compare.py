@@ -15,8 +15,9 @@ from typing import Any, Iterator
 from .decoding import Engine, GenerationConfig, Policy, Trace, VanillaPolicy, add_probe_scores
 from .decoding.engine import Decode, run_to_end
 from .methods import METHODS, default_configs, prepare
-from .models.base import Request, VLMAdapter
-from .probe import DecodingProbe
+from .inputs import InputError
+from .models.base import ModelLoadError, Request, VLMAdapter
+from .probe import DecodingProbe, ProbeError
 from .viz.tokens import highlighted_tokens
 
 
@@ -43,63 +44,96 @@ class Column:
 
 
 def compare(
-    adapter: VLMAdapter, request: Request, config: CompareConfig, probe: DecodingProbe | None = None, refresh: float = 0.0
+    adapter: VLMAdapter, request: Request, config: CompareConfig, probe: DecodingProbe | None = None, refresh: float = 0.0,
+    time_limit: float | None = None,
 ) -> Iterator[dict[str, Column]]:
     """Yield the columns as tokens arrive, at most once per `refresh` seconds (0: every token);
-    the last yield has every trace, probe-scored."""
-    run = _Run(adapter, request, config, probe)
+    the last yield has every trace, probe-scored. After `time_limit` seconds every column ends
+    with what it has (its trace says so in `cut`)."""
+    engine = Engine(adapter, config.generation, isolate_errors=True)
+    run = _Run(engine, request, config, probe, time_limit)
+    run.start()
     last = 0.0
-    for columns, finished in run.events():
+    for lane, event in engine.run():
+        finished = run.handle(lane, event)
         now = time.perf_counter()
         if finished or now - last >= refresh:
             last = now
-            yield columns
+            yield run.columns
+    run.finish()
     yield run.columns
 
 
 class _Run:
-    """One comparison: the engine, the columns, and the preparations still decoding."""
+    """One request's comparison inside an engine (its own, or one shared with other requests):
+    its columns and the preparations (judge decodes) still running. Its lanes are named
+    `prefix + method` (`prefix + method:caption` for a judge decode)."""
 
-    def __init__(self, adapter: VLMAdapter, request: Request, config: CompareConfig, probe: DecodingProbe | None) -> None:
-        self.adapter, self.request, self.config, self.probe = adapter, request, config, probe
+    def __init__(self, engine: Engine, request: Request, config: CompareConfig, probe: DecodingProbe | None,
+                 time_limit: float | None = None, prefix: str = "") -> None:
+        self.engine, self.adapter, self.request, self.config, self.probe = engine, engine.adapter, request, config, probe
         self.t0 = time.perf_counter()
-        self.engine = Engine(adapter, config.generation, isolate_errors=True)
+        self.time_limit, self.prefix, self.stopped = time_limit, prefix, False
         self.columns = {m: Column(m) for m in config.methods}
         self.preparing: dict[str, tuple[str, Any]] = {}  # lane of a preparation's decode -> (method, its generator)
         self.deferred: list[tuple[str, Any]] = []  # preparations that start after the first token
-        for name in config.methods:
+
+    @property
+    def done(self) -> bool:
+        return all(c.done for c in self.columns.values())
+
+    def start(self) -> None:
+        """Prepare every method (no decoding yet) and add the ready ones to the engine."""
+        for name in self.config.methods:
             try:
-                self._advance(name, prepare(name, adapter, request, config.configs, probe))
+                self._advance(name, prepare(name, self.adapter, self.request, self.config.configs, self.probe))
             except Exception as exc:  # the judge or the probe failed: this column only
                 self._fail(name, exc)
-        if not self.engine.lanes:  # nothing else to stream first
+        if not any(c.note == "" and not c.done for c in self.columns.values()):  # nothing else to stream first
             self._start_deferred()
+
+    def handle(self, lane: str, event) -> bool:
+        """One engine event of this run's lanes; returns whether a column (or a judge decode) finished."""
+        lane = lane.removeprefix(self.prefix)
+        if not self.stopped and self.time_limit is not None and time.perf_counter() - self.t0 > self.time_limit:
+            self.stopped = True
+            self.engine.stop(f"stopped at the time limit ({self.time_limit:g} s)", [self.prefix + n for n in self._lanes()])
+        if not self.stopped:
+            self._start_deferred()  # the judge's rows join after the first token: the others' first token never waits for them
+        if lane in self.preparing:  # a judge decode: feed its trace back when it is done
+            name, prep = self.preparing[lane]
+            if event.done:
+                del self.preparing[lane]
+                if not self.stopped:
+                    self._send(name, prep, event.trace)
+            else:
+                self.columns[name].note = f"judge: {lane.split(':')[-1]}… {event.text[-60:]}"
+            self.columns[name].seconds = time.perf_counter() - self.t0
+            return event.done
+        self._update(self.columns[lane], event)
+        return event.done
+
+    def finish(self) -> None:
+        """Columns still preparing when the engine ended (the time limit) end with a sentence."""
+        for name, col in self.columns.items():
+            if not col.done:
+                self._fail(name, f"the run reached its time limit before {name} could start")
+
+    def _lanes(self) -> list[str]:
+        return [n for n, c in self.columns.items() if not c.done] + list(self.preparing)
+
+    def _add(self, lane: str, policy: Policy, request: Request, config: GenerationConfig | None = None) -> None:
+        self.engine.add(self.prefix + lane, policy, request, since=self.t0, config=config or self.config.generation)
 
     def _start_deferred(self) -> None:
         deferred, self.deferred = self.deferred, []
         for name, prep in deferred:
             self._send(name, prep, None)
 
-    def events(self) -> Iterator[tuple[dict[str, Column], bool]]:
-        for lane, event in self.engine.run():
-            self._start_deferred()  # the judge's rows join after the first token: the others' first token never waits for them
-            if lane in self.preparing:  # a judge decode: feed its trace back when it is done
-                name, prep = self.preparing[lane]
-                if event.done:
-                    del self.preparing[lane]
-                    self._send(name, prep, event.trace)
-                else:
-                    self.columns[name].note = f"judge: {lane.split(':')[-1]}… {event.text[-60:]}"
-                self.columns[name].seconds = time.perf_counter() - self.t0
-                yield self.columns, event.done
-                continue
-            self._update(self.columns[lane], event)
-            yield self.columns, event.done
-
     def _advance(self, name: str, prep: Policy | Any) -> None:
         """Start `name`: its policy joins the batch now; a preparation's decodes join after the first token."""
         if isinstance(prep, Policy):
-            self.engine.add(name, prep, self.request, since=self.t0)
+            self._add(name, prep, self.request)
         else:
             self.deferred.append((name, prep))
             self.columns[name].note = "judge: waiting for the first step…"
@@ -110,7 +144,7 @@ class _Run:
             while decode.adapter not in (None, self.adapter):  # another model: decode it alone, here
                 decode = prep.send(run_to_end(decode.adapter, decode.request, VanillaPolicy(), decode.config))
         except StopIteration as stop:
-            self.engine.add(name, stop.value, self.request, since=self.t0)
+            self._add(name, stop.value, self.request)
             return
         except Exception as exc:
             self._fail(name, exc)
@@ -118,11 +152,13 @@ class _Run:
         lane = f"{name}:{decode.label}"
         self.preparing[lane] = (name, prep)
         self.columns[name].note = f"judge: {decode.label}…"
-        self.engine.add(lane, VanillaPolicy(), decode.request, since=self.t0, config=decode.config)
+        self._add(lane, VanillaPolicy(), decode.request, decode.config)
 
-    def _fail(self, name: str, exc: Exception) -> None:
+    def _fail(self, name: str, exc: Exception | str) -> None:
+        """End a column with a sentence: the user's own errors as they are, the rest with their type."""
         col = self.columns[name]
-        col.done, col.error, col.seconds = True, f"{type(exc).__name__}: {exc}", time.perf_counter() - self.t0
+        message = str(exc) if isinstance(exc, (str, InputError, ProbeError, ModelLoadError)) else f"{type(exc).__name__}: {exc}"
+        col.done, col.error, col.seconds, col.note = True, message, time.perf_counter() - self.t0, ""
 
     def _update(self, col: Column, event) -> None:
         if event.done:

@@ -20,6 +20,12 @@ class InputError(ValueError):
     """Bad user input; the message is meant for the user."""
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """`value` as a message may echo it: its repr, at most `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _env_int(name: str, default: int) -> int:
     try:
         return int(os.environ.get(name, default))
@@ -32,7 +38,10 @@ class Limits:
     max_image_pixels: int = _env_int("SAFETY_DEMO_MAX_IMAGE_PIXELS", 64_000_000)  # refuse above (bombs)
     max_image_side: int = _env_int("SAFETY_DEMO_MAX_IMAGE_SIDE", 1024)  # downscale above, keep aspect
     max_prompt_chars: int = _env_int("SAFETY_DEMO_MAX_PROMPT_CHARS", 4000)  # refuse above
+    max_prompt_tokens: int = _env_int("SAFETY_DEMO_MAX_PROMPT_TOKENS", 1000)  # refuse above, in the model's own tokens
     max_new_tokens: int = _env_int("SAFETY_DEMO_MAX_NEW_TOKENS", 512)  # upper bound of the knob
+    max_upload_mb: int = _env_int("SAFETY_DEMO_MAX_UPLOAD_MB", 10)  # the app refuses larger uploads
+    max_request_seconds: int = _env_int("SAFETY_DEMO_MAX_REQUEST_SECONDS", 300)  # a run ends cleanly here, with what it has
 
 
 LIMITS = Limits()
@@ -107,8 +116,26 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.clip(arr, 0, 255).astype(np.uint8)
 
 
+INVISIBLE = ("Cc", "Cf", "Cs", "Co")  # control, format (zero-width, bidi overrides), surrogate, private use
+
+
+def invisible_count(prompt: str) -> int:
+    """How many invisible or direction-changing characters `clean_prompt` removes (newlines and tabs stay)."""
+    return sum(1 for c in prompt if c not in "\n\t" and unicodedata.category(c) in INVISIBLE)
+
+
+def check_prompt_tokens(n_tokens: int, limits: Limits = LIMITS) -> None:
+    """Refuse a prompt longer than the limit in the model's own tokens (what prefill costs)."""
+    if n_tokens > limits.max_prompt_tokens:
+        raise InputError(
+            f"The prompt is {n_tokens:,} tokens for this model; the limit is {limits.max_prompt_tokens:,} "
+            "(SAFETY_DEMO_MAX_PROMPT_TOKENS). Shorten it and try again."
+        )
+
+
 def clean_prompt(prompt: str | None, limits: Limits = LIMITS) -> str:
-    """Strip control characters and surrounding space; refuse empty or over-long prompts."""
+    """Strip invisible characters (controls, zero-width and bidi format characters) and surrounding
+    space; refuse empty or over-long prompts."""
     if prompt is None:
         prompt = ""
     if not isinstance(prompt, str):
@@ -118,7 +145,7 @@ def clean_prompt(prompt: str | None, limits: Limits = LIMITS) -> str:
             f"The prompt is {len(prompt):,} characters; the limit is {limits.max_prompt_chars:,} "
             "(SAFETY_DEMO_MAX_PROMPT_CHARS). Shorten it and try again."
         )
-    kept = "".join(c for c in prompt if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cs", "Co"))
+    kept = "".join(c for c in prompt if c in "\n\t" or unicodedata.category(c) not in INVISIBLE)
     kept = kept.strip()
     if not kept:
         raise InputError("The prompt is empty. Type a question or instruction about the image.")

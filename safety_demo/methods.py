@@ -5,12 +5,13 @@ parametrized tests all read `METHODS`. Adding a method is one `Method` entry her
 policy file in `decoding/`.
 
 A method's `prepare` makes the model calls its policy needs before decoding (SafeCoDe's judge,
-SafeSteer's probe) and returns the policy, or a generator that first yields the decodes it
+loading SafeSteer's probe; a probe is never fitted here) and returns the policy, or a generator that first yields the decodes it
 needs (`decoding.Decode`), so `compare` can run them as extra rows of the shared batch.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
@@ -63,7 +64,7 @@ def _vanilla(adapter: VLMAdapter, request: Request, config: None, probe: Decodin
 def _safecode(adapter: VLMAdapter, request: Request, config: SafeCoDeConfig, probe: DecodingProbe | None) -> Preparation | Policy:
     """The judge's caption and verdict decode first (or the probe reads h₀ at step 0)."""
     if config.judge == "probe":
-        return SafeCoDePolicy.for_model(adapter, config, probe=probe if probe is not None else get_probe(adapter))
+        return SafeCoDePolicy.for_model(adapter, config, probe=probe if probe is not None else get_probe(adapter, fit_if_missing=False, progress=False))
     return _judged_safecode(adapter, request, config)
 
 
@@ -78,8 +79,8 @@ def _judged_safecode(adapter: VLMAdapter, request: Request, config: SafeCoDeConf
 
 
 def _safesteer(adapter: VLMAdapter, request: Request, config: SafeSteerConfig, probe: DecodingProbe | None) -> Policy:
-    if probe is None:
-        probe = get_probe(adapter, components=config.probe_components)
+    if probe is None:  # shipped or fitted before (`fit-probe`); never fitted inside a request
+        probe = get_probe(adapter, fit_if_missing=False, progress=False, components=config.probe_components)
     return SafeSteerPolicy.for_model(adapter, probe, config)
 
 
@@ -232,24 +233,34 @@ def read_knobs(values: list[Any]) -> tuple[GenerationConfig, dict[str, Any]]:
 
 
 def _knob_value(knob: Knob, value: Any) -> Any:
-    """A widget's value as the config field's type; out-of-range values fail in the config."""
+    """A control's value, checked against what the control offers (an API call can send anything)."""
     if value is None:
         return knob.default
-    if knob.field == "probe_components":
-        try:
-            return parse_components(value)
-        except ValueError as exc:
-            raise InputError(f"SafeSteer: {exc}.") from None
+    if knob.kind == "checkbox":
+        if not isinstance(value, bool):
+            raise InputError(f"{knob.label}: must be true or false, got {_short(value)}.")
+        return value
+    if knob.kind == "dropdown":
+        names = [str(c) for c in knob.choices]
+        if str(value) not in names:
+            raise InputError(f"{knob.label}: {_short(value)} is not one of {', '.join(names)}.")
+        value = knob.choices[names.index(str(value))]
+        return parse_components(value) if knob.field == "probe_components" else value
     try:
-        if isinstance(knob.default, bool):
-            return bool(value)
-        if isinstance(knob.default, int):
-            return int(round(float(value)))
-        if isinstance(knob.default, float):
-            return float(value)
+        x = float(value) if not isinstance(value, bool) else float("nan")
     except (TypeError, ValueError, OverflowError):
-        raise InputError(f"{knob.label}: {str(value)[:40]!r} is not a number.") from None
-    return value
+        raise InputError(f"{knob.label}: {_short(value)} is not a number.") from None
+    if not math.isfinite(x):
+        raise InputError(f"{knob.label}: must be a finite number, got {_short(value)}.")
+    if not knob.minimum <= x <= knob.maximum:
+        raise InputError(f"{knob.label}: {x:g} is outside the control's range, {knob.minimum:g} to {knob.maximum:g}.")
+    return int(round(x)) if isinstance(knob.default, int) else x
+
+
+def _short(value: Any) -> str:
+    """A value as the user sent it, at most 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "…"
 
 
 __all__ = [

@@ -132,6 +132,7 @@ class Trace:
     rows: int = 1  # rows this method decoded per step at the end
     shared_with: list[str] = field(default_factory=list)  # methods decoded in the same batch
     stopped_on_eos: bool = False
+    cut: str | None = None  # why decoding ended early, when it did (the request's time limit)
     error: str | None = None  # this method failed; the others may have finished
 
     def __post_init__(self) -> None:
@@ -212,7 +213,7 @@ class Trace:
             "model": self.model, "model_id": self.model_id, "prompt": self.prompt, "config": self.config, "knobs": self.knobs,
             "timings": asdict(self.timings), "judge": asdict(self.judge) if self.judge else None, "msav": msav,
             "probe_h0": self.probe_h0, "probe": self.probe, "facts": self.facts, "rows": self.rows,
-            "shared_with": self.shared_with, "stopped_on_eos": self.stopped_on_eos, "error": self.error,
+            "shared_with": self.shared_with, "stopped_on_eos": self.stopped_on_eos, "cut": self.cut, "error": self.error,
         }
 
     def to_dict(self, include_hidden: bool = False) -> dict[str, Any]:
@@ -283,7 +284,7 @@ class Trace:
         return cls.from_steps(data["method"], data["text"], steps, prefill, **run)
 
 
-_RUN_FIELDS = ("model", "model_id", "prompt", "config", "knobs", "probe_h0", "probe", "facts", "rows", "shared_with", "stopped_on_eos", "error")
+_RUN_FIELDS = ("model", "model_id", "prompt", "config", "knobs", "probe_h0", "probe", "facts", "rows", "shared_with", "stopped_on_eos", "cut", "error")
 
 
 def _require(ok: bool, message: str) -> None:

@@ -57,3 +57,11 @@ def test_a_method_whose_preparation_fails_ends_alone(fake, req, monkeypatch):
     columns = list(compare(fake, req, CONFIG, axis_probe(fake)))[-1]
     assert "judge crashed" in columns["safecode"].error and columns["safecode"].trace is None
     assert columns["vanilla"].trace is not None and columns["safesteer"].trace is not None
+
+
+def test_the_time_limit_ends_every_column_cleanly(fake, req):
+    columns = list(compare(fake, req, CONFIG, axis_probe(fake), time_limit=0.0))[-1]
+    assert all(c.done for c in columns.values())
+    for name in ("vanilla", "safesteer"):
+        assert columns[name].trace.cut.startswith("stopped at the time limit") and len(columns[name].trace) >= 1
+    assert "time limit" in columns["safecode"].error  # its judge had not finished: it never started

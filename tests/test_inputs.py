@@ -103,3 +103,24 @@ def test_noise_is_seeded_and_clipped():
     assert 15 < diff.std() < 35  # σ = 0.1 of 255 ≈ 25.5
     white = np.asarray(add_gaussian_noise(Image.new("RGB", (16, 16), "white"), 0.1, seed=0))
     assert white.max() == 255 and white.min() < 255
+
+
+def test_invisible_and_direction_changing_characters_are_stripped_and_counted():
+    from safety_demo.inputs import invisible_count
+
+    raw = "How\u202e do\u200b I\u200d bake\tbread?\n"
+    assert clean_prompt(raw) == "How do I bake\tbread?" and invisible_count(raw) == 3
+
+
+def test_prompt_tokens_have_their_own_limit():
+    from safety_demo.inputs import check_prompt_tokens
+
+    check_prompt_tokens(10, Limits(max_prompt_tokens=10))
+    with pytest.raises(InputError, match="11 tokens for this model; the limit is 10"):
+        check_prompt_tokens(11, Limits(max_prompt_tokens=10))
+
+
+def test_echoed_values_are_bounded():
+    from safety_demo.inputs import shown
+
+    assert len(shown("x" * 100_000)) == 80 and shown("ok") == "'ok'"

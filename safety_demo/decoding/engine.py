@@ -119,6 +119,7 @@ class Lane:
     steps: list[StepRecord] = field(default_factory=list)
     h0: np.ndarray | None = None  # [D] last prompt position at prefill
     shared: set[str] = field(default_factory=set)  # lanes that were in a forward with this one
+    cut: str | None = None  # why it ended early (Engine.stop)
     prefill_seconds: float = 0.0
     t_prefilled: float = 0.0
     ttft: float | None = None
@@ -140,6 +141,7 @@ class Engine:
         self.lanes: dict[str, Lane] = {}
         self._waiting: list[Lane] = []  # added, not yet prefilled
         self._ended: list[Lane] = []  # finished or failed, done event not yet sent
+        self._stopping: dict[str | None, str] = {}  # lane (None: every lane) -> why it ends before the next step
 
     def add(self, name: str, policy: Policy, request: Request, since: float | None = None, config: GenerationConfig | None = None) -> None:
         """Queue a method; it joins the batch before the next step, at its own step 0.
@@ -157,9 +159,15 @@ class Engine:
         except Exception as exc:
             self._fail(lane, exc)
 
+    def stop(self, reason: str, lanes: list[str] | None = None) -> None:
+        """End `lanes` (default: every lane) before the next step, each with the tokens it has (`trace.cut`)."""
+        for name in lanes if lanes is not None else [None]:
+            self._stopping[name] = reason
+
     def run(self) -> Iterator[tuple[str, StepEvent]]:
         """Step until every lane is done: (lane, event) per token, then one done event per lane."""
         while self._waiting or len(self.rows):
+            self._end_stopped()  # lanes asked to stop (a request's time limit) leave with what they have
             self._join_waiting()  # prefill newcomers' rows and append them to the cache
             feeds = {n: f for n in self.rows.names if (f := self._decide(self.lanes[n])) is not None}  # policy.step per lane
             for name in feeds:
@@ -256,6 +264,18 @@ class Engine:
             self._ended.append(lane)
         return event, ([] if stop else rows)
 
+    def _end_stopped(self) -> None:
+        stopping, self._stopping = self._stopping, {}
+        if not stopping:
+            return
+        every = stopping.get(None)
+        ending = {n: every or stopping[n] for n in [*(w.name for w in self._waiting), *self.rows.names] if every or n in stopping}
+        for name, reason in ending.items():
+            self.lanes[name].cut = reason
+            self._ended.append(self.lanes[name])
+        self._waiting = [w for w in self._waiting if w.name not in ending]
+        self._gather(self.rows.regroup({n: range(len(self.rows.block(n))) for n in self.rows.names if n not in ending}))
+
     def _gather(self, index: list[int]) -> None:
         if self.state is not None and index != list(range(self.state.batch_size)):
             self.state = self.state.index_select(index) if index else None
@@ -270,6 +290,7 @@ class Engine:
         ended, self._ended = self._ended, []
         for lane in ended:
             trace = self._trace(lane)
+            del self.lanes[lane.name]  # a long-lived engine (a shared batch) keeps only live lanes
             yield lane.name, StepEvent(len(lane.steps), -1, "", trace.text, done=True, trace=trace)
 
     def _trace(self, lane: Lane) -> Trace:
@@ -285,7 +306,7 @@ class Engine:
             model=self.adapter.name, model_id=self.adapter.model_id, prompt=lane.requests[0].prompt if lane.requests else "",
             config=asdict(lane.config), knobs=lane.policy.describe(), timings=timings,
             rows=len(lane.requests) if lane.logits is None else int(lane.logits.shape[0]),
-            shared_with=sorted(lane.shared - {lane.name}), error=lane.error,
+            shared_with=sorted(lane.shared - {lane.name}), error=lane.error, cut=lane.cut,
             stopped_on_eos=bool(lane.generated and lane.generated[-1] in self.adapter.eos_token_ids),
         )
 

@@ -1,13 +1,16 @@
 """Model registry: one name -> one loader. The CLI and the UI picker read `model_choices()`.
 
-Loaded adapters are cached per process (the one mutable module-level object we allow):
-a model is loaded once and shared by every request.
+Loaded adapters are cached per process (the one mutable module-level object we allow): a
+model is loaded once and shared by every request, and at most SAFETY_DEMO_MAX_MODELS stay
+loaded (the least recently used one is let go first).
 """
 from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 
+from ..inputs import shown
 from .base import DecodeState, ForwardOut, ModelLoadError, Request, VLMAdapter
 
 BUILTIN_MODELS = {
@@ -16,8 +19,16 @@ BUILTIN_MODELS = {
 }
 DEFAULT_MODEL = os.environ.get("SAFETY_DEMO_DEFAULT_MODEL", "builtin")  # a Space with a GPU may pick a preset
 
-_LOADED: dict[str, VLMAdapter] = {}
+_LOADED: OrderedDict[str, VLMAdapter] = OrderedDict()  # name -> adapter, least recently used first
 _LOCK = threading.Lock()
+
+
+def max_models() -> int:
+    """How many models stay loaded at once (SAFETY_DEMO_MAX_MODELS, at least 1; default 2)."""
+    try:
+        return max(1, int(os.environ.get("SAFETY_DEMO_MAX_MODELS", 2)))
+    except ValueError:
+        return 2
 
 
 def model_choices() -> dict[str, str]:
@@ -35,10 +46,35 @@ def model_choices() -> dict[str, str]:
 
 def load_adapter(name: str = DEFAULT_MODEL) -> VLMAdapter:
     """Load (once per process) the model called `name`: builtin, a preset, or an allowed repo id."""
+    if not isinstance(name, str) or not 0 < len(name) <= 200:
+        raise ModelLoadError(f"Unknown model {shown(name)}; `python -m safety_demo models` lists the names.")
     with _LOCK:
         if name not in _LOADED:
+            while len(_LOADED) >= max_models():
+                _LOADED.popitem(last=False)  # let the least recently used model go
+                _free_accelerator_memory()
             _LOADED[name] = _load(name)
+        _LOADED.move_to_end(name)
         return _LOADED[name]
+
+
+def loaded_models() -> list[str]:
+    """Names of the models in memory now, least recently used first."""
+    with _LOCK:
+        return list(_LOADED)
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def _load(name: str) -> VLMAdapter:
@@ -68,5 +104,7 @@ __all__ = [
     "Request",
     "VLMAdapter",
     "load_adapter",
+    "loaded_models",
+    "max_models",
     "model_choices",
 ]

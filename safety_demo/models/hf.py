@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..inputs import shown
 from .base import DecodeState, ForwardOut, ModelLoadError, Request, VLMAdapter
 
 ALLOW_ENV = "SAFETY_DEMO_ALLOWED_MODELS"  # comma-separated repo ids allowed beyond the presets
@@ -115,7 +116,7 @@ def resolve_repo_id(name_or_repo_id: str) -> tuple[str, Preset | None]:
     if name_or_repo_id in allowed_repo_ids():
         return name_or_repo_id, None
     raise ModelLoadError(
-        f"{name_or_repo_id!r} is neither a preset ({', '.join(PRESETS)}) nor allowed by the "
+        f"{shown(name_or_repo_id)} is neither a preset ({', '.join(PRESETS)}) nor allowed by the "
         f"operator: add it to the comma-separated environment variable {ALLOW_ENV} to load it."
     )
 

@@ -12,14 +12,15 @@ from typing import Any, Iterator
 
 from ..compare import Column, CompareConfig, compare
 from ..explain import walkthrough
-from ..inputs import clean_prompt, load_image
-from ..methods import read_knobs, title
-from ..models import Request, VLMAdapter
+from ..inputs import LIMITS, InputError, check_prompt_tokens, clean_prompt, invisible_count, load_image, shown
+from ..methods import METHODS, method_config, read_knobs, title
+from ..models import Request, VLMAdapter, model_choices
 from ..probe import DecodingProbe
+from ..serving import shared_batch
 from ..trace import Trace
 from ..viz import empty_figure
 from ..viz.contrast import contrastive_delta_figure
-from ..viz.hidden_map import hidden_state_map
+from ..viz.hidden_map import PROJECTIONS, hidden_state_map
 from ..viz.inspector import step_figure, step_table
 from .session import calibration_points, export, model, probe_for
 
@@ -35,6 +36,9 @@ class Started:
     request: Request
     config: CompareConfig
     probe: DecodingProbe | None
+    projection: str = "PCA"  # the map's projection radio when Generate was pressed
+    method: str = "vanilla"  # the step inspector's method radio
+    notice: str = ""  # what was changed about the input, said once (invisible characters removed)
 
 
 @dataclass
@@ -60,30 +64,55 @@ class Finished:
     html_path: str
 
 
-def start(upload_path: str | None, prompt: str, model_name: str, knob_values: list[Any]) -> Started:
-    """Check every input and load what the run needs; raises InputError / UserFacingError with a sentence."""
+def start(upload_path: str | None, prompt: str, model_name: str, knob_values: list[Any], projection: str = "PCA", method: str = "vanilla") -> Started:
+    """Check every input against what the screen offers, before any model work; then load the
+    model and its probe. Raises InputError / UserFacingError with one sentence."""
+    _choose(model_name, list(model_choices()), "Model")
+    _choose(projection, list(PROJECTIONS), "Projection")
+    _choose(method, list(METHODS), "Step inspector method")
+    removed = invisible_count(prompt) if isinstance(prompt, str) else 0
     prompt = clean_prompt(prompt)
-    image = load_image(upload_path)
     generation, configs = read_knobs(list(knob_values))
+    image = load_image(upload_path)
     adapter = model(model_name)
-    probe = probe_for(adapter, configs["safesteer"].probe_components)
-    return Started(model_name, adapter, Request(image, prompt), CompareConfig(generation=generation, configs=configs), probe)
+    check_prompt_tokens(len(adapter.encode_text(prompt)))
+    probe = probe_for(adapter, method_config("safesteer", configs).probe_components)
+    notice = f"Removed {removed} invisible or direction-changing character{'s' if removed > 1 else ''} from the prompt. " if removed else ""
+    config = CompareConfig(generation=generation, configs=configs)
+    return Started(model_name, adapter, Request(image, prompt), config, probe, projection, method, notice)
 
 
-def stream(started: Started) -> Iterator[dict[str, Column]]:
-    """The columns as they fill, redrawn at most every REFRESH_SECONDS."""
-    yield from compare(started.adapter, started.request, started.config, started.probe, refresh=REFRESH_SECONDS)
+def _choose(value: Any, choices: list[str], label: str) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise InputError(f"{label}: {shown(value)} is not one of the choices ({', '.join(choices)}).")
 
 
-def finish(started: Started, columns: dict[str, Column], projection: str, method: str) -> Finished:
+def stream(started: Started, shared: bool = False) -> Iterator[dict[str, Column]]:
+    """The columns as they fill, redrawn at most every REFRESH_SECONDS; the run ends at the time limit.
+
+    `shared`: the request's methods join the batch other visitors' requests are decoding
+    (`serving.SharedBatch`), instead of a batch of its own.
+    """
+    args = (started.request, started.config, started.probe)
+    knobs = dict(refresh=REFRESH_SECONDS, time_limit=LIMITS.max_request_seconds)
+    if shared:
+        yield from shared_batch(started.adapter).compare(*args, **knobs)
+    else:
+        yield from compare(started.adapter, *args, **knobs)
+
+
+def finish(started: Started, columns: dict[str, Column], projection: str | None = None, method: str | None = None) -> Finished:
     """Every view of the finished run, drawn with the projection and method the screen shows now."""
+    projection, method = projection or started.projection, method or started.method
     run = Run(started.model_name, {m: c.trace for m, c in columns.items() if c.trace is not None})
     figures = {"delta": contrastive_delta_figure(run.traces), "map": map_view(run, projection), "step": None}
     figures["step"], rows = step_view(run, method, 0)
     json_path, html_path = export(run.traces, figures)
-    message = "Done. Explore the views below."
+    message = started.notice + "Done. Explore the views below."
     if any(c.error for c in columns.values()):
         message += " ⚠️ A method failed; see its column."
+    if any(c.trace is not None and c.trace.cut for c in columns.values()):
+        message += f" ⏱ The run reached its time limit ({LIMITS.max_request_seconds} s) and shows what it had."
     steps = max((len(t) for t in run.traces.values()), default=1)
     return Finished(run, columns, message, walkthrough(run.traces), figures["delta"], figures["map"], figures["step"], rows, steps, json_path, html_path)
 
@@ -114,7 +143,8 @@ def column_stats(col: Column) -> str:
     if col.trace is not None:
         t = col.trace.timings
         judge = f" · judge {t.prepare:.1f}s" if col.trace.judge is not None else ""
-        return f"{len(col.trace)} tokens · **{col.trace.tokens_per_second:.1f} tok/s** · first token {t.ttft or 0:.1f}s · total {t.total:.1f}s{judge}"
+        cut = f" · ⏱ {col.trace.cut}" if col.trace.cut else ""
+        return f"{len(col.trace)} tokens · **{col.trace.tokens_per_second:.1f} tok/s** · first token {t.ttft or 0:.1f}s · total {t.total:.1f}s{judge}{cut}"
     if col.note:
         return f"{col.note} · {col.seconds:.1f}s"
     return f"{col.n_tokens} tokens · {col.seconds:.1f}s …"

@@ -39,15 +39,20 @@ def model(name: str) -> VLMAdapter:
         raise UserFacingError(f"The model {name!r} could not be loaded ({type(exc).__name__}: {exc}).") from None
 
 
-def probe_for(adapter: VLMAdapter, components: int | str = "auto", fit_if_missing: bool = True) -> DecodingProbe:
-    """The adapter's probe with `components` PCs, cached per process; fitted on first use (slow, once)."""
+def probe_for(adapter: VLMAdapter, components: int | str = "auto", fit_if_missing: bool = False) -> DecodingProbe | None:
+    """The adapter's probe with `components` PCs, cached per process; None if there is none.
+
+    A visitor's request never fits one (a full calibration pass takes minutes and would hold
+    every other request): probes are shipped, fitted by the operator with `fit-probe`, or at
+    start-up (`fit_if_missing=True`, SAFETY_DEMO_FIT_PROBES=1).
+    """
     key = (adapter.model_id, components)
     with _PROBE_LOCK:
         if key not in _PROBES:
             try:
                 _PROBES[key] = get_probe(adapter, fit_if_missing=fit_if_missing, progress=False, components=components)
-            except ProbeError as exc:
-                raise UserFacingError(f"SafeSteer's probe is unavailable: {exc}") from None
+            except ProbeError:
+                return None
         return _PROBES[key]
 
 

@@ -10,7 +10,7 @@ os.environ["SAFETY_DEMO_FAKE_MODEL"] = "1"  # the fake model appears in the pick
 def app_url():
     import app
 
-    _, url, _ = app.demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    _, url, _ = app.demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, **app.LAUNCH_OPTIONS)
     yield url
     app.demo.close()
 

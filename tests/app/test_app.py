@@ -34,6 +34,7 @@ def fake_probe(app_url):
     from safety_demo.ui import session
 
     session._PROBES[(fake.model_id, 4)] = probe
+    session._PROBES[(fake.model_id, "auto")] = probe
     return probe
 
 
@@ -73,7 +74,7 @@ def test_non_image_upload_is_refused(client, knob_defaults, fake_probe, tmp_path
 
 
 def test_out_of_range_knob_is_refused(client, knob_defaults, fake_probe):
-    with pytest.raises(AppError, match="top_p"):
+    with pytest.raises(AppError, match="Top-p"):
         _generate(client, knob_values(top_p=0.0))
 
 
@@ -194,3 +195,73 @@ def test_remap_reads_the_model_of_the_run_not_the_dropdown(monkeypatch):
     assert seen == ["the-run-model"]
     remap = next(fn for fn in app.demo.fns.values() if fn.name == "remap")
     assert app.model_in._id not in [c._id for c in remap.inputs]
+
+
+# ---- a careless or hostile visitor: every refusal is one sentence, before any model work --------
+@pytest.mark.parametrize(
+    "knobs,message",
+    [
+        ({"seed": -1}, "Seed: -1 is outside"),
+        ({"max_new_tokens": "Infinity"}, "Max new tokens: must be a finite number"),
+        ({"safecode.alpha_unsafe": "NaN"}, "α after unsafe: must be a finite number"),
+        ({"max_new_tokens": "abc"}, "Max new tokens: 'abc' is not a number"),
+        ({"temperature": 5}, "Temperature: 5 is outside the control's range, 0 to 2"),
+        ({"safesteer.probe_components": 256}, "Probe PCA components: 256 is not one of auto, 4"),
+        ({"safecode.safe_early_stop": "false"}, "must be true or false"),
+    ],
+)
+def test_every_knob_is_checked_against_its_control(client, fake_probe, knobs, message):
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(AppError, match=message):
+        _generate(client, knob_values(**knobs))
+    assert time.perf_counter() - t0 < 10  # refused before any decoding (no judge ran)
+
+
+@pytest.mark.parametrize("model", ["tiny-llava", "x" * 100_000])
+def test_only_the_dropdowns_models_are_loaded(client, knob_defaults, model):
+    from safety_demo.models import loaded_models
+
+    with pytest.raises(AppError, match="Model: .* is not one of the choices") as err:
+        _generate(client, knob_defaults, model=model)
+    assert len(str(err.value)) < 600 and model not in loaded_models()
+
+
+def test_radio_values_are_checked(client, knob_defaults, fake_probe):
+    with pytest.raises(AppError, match="Projection: 'spiral'"):
+        _generate(client, knob_defaults, projection="spiral")
+
+
+def test_a_missing_probe_is_a_sentence_in_its_column_and_never_fitted(client, fake_probe, monkeypatch):
+    import safety_demo.methods as methods
+    from safety_demo.probe import ProbeError
+    from safety_demo.ui import run as run_views
+
+    def get_probe(adapter, fit_if_missing=True, **kw):
+        assert not fit_if_missing, "a visitor's request asked to fit a probe"
+        raise ProbeError("No probe for fake yet.")
+
+    monkeypatch.setattr(run_views, "probe_for", lambda adapter, components="auto", fit_if_missing=False: None)
+    monkeypatch.setattr(methods, "get_probe", get_probe)
+    out = _generate(client, knob_values(max_new_tokens=4))
+    assert out["vanilla"] and out["safecode"]
+    assert "No probe for fake yet." in out["stats_s"]
+
+
+def test_prompt_limit_counts_tokens(client, fake_probe):
+    with pytest.raises(AppError, match="tokens for this model; the limit is 1,000"):
+        _generate(client, knob_values(max_new_tokens=2), prompt="a " * 1050)  # 2,100 characters, 1,050 tokens
+
+
+def test_invisible_characters_are_removed_and_said(client, fake_probe):
+    out = _generate(client, knob_values(max_new_tokens=2), prompt="What\u202e does\u200b the list say?")
+    assert out["status"].startswith("Removed 2 invisible or direction-changing characters from the prompt.")
+
+
+def test_an_upload_over_the_size_limit_is_refused(client, knob_defaults, fake_probe, tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * (11 * 1024 * 1024))
+    with pytest.raises(Exception):
+        _generate(client, knob_defaults, image=str(big))
+    assert _generate(client, knob_values(max_new_tokens=2))["vanilla"]  # still serving
