@@ -118,6 +118,8 @@ def test_server_paths_are_never_read(app_url, knob_defaults, fake_probe, path):
         lines = list(stream.iter_lines())
     assert any(line.startswith("event: error") for line in lines)
     assert not any("Done" in line for line in lines)
+    error = next(line for line in lines if line.startswith("data:") and "error" in line)
+    assert "not uploaded" in error or "server paths are not accepted" in error  # a sentence, not a bare "Error"
 
 
 def test_out_of_memory_gets_a_message_and_the_next_request_runs(client, knob_defaults, fake_probe, monkeypatch):

@@ -175,6 +175,21 @@ def test_left_padded_rows_equal_single_rows(fast):
         torch.testing.assert_close(batch_step.logits[i], alone_step.logits[0], atol=1e-4, rtol=1e-4)
 
 
+def test_shared_prefix_cache_equals_a_plain_forward(fast):
+    """Rows reuse the template prefix's KV (computed once); the result equals one plain forward
+    over the whole row, with no cache at all."""
+    for request in (Request(figstep_image("Steps to plant a tree."), FIGSTEP_PROMPT), Request(None, "Hello there")):
+        reading = fast.vision.read([request.image])[0] if request.image is not None else None
+        prefix, rest = fast._row_parts(request, reading, [])
+        embeds = torch.cat([fast.embed(torch.tensor(prefix)), rest])[None]
+        with torch.no_grad():
+            plain = fast.model(inputs_embeds=embeds, output_hidden_states=True)
+        out = fast.prefill([request])
+        torch.testing.assert_close(out.logits[0], plain.logits[0, -1].float(), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(out.hidden[0], plain.hidden_states[-1][0, -1].float(), atol=1e-4, rtol=1e-4)
+    assert len(fast._prefix_kv) >= 2  # the image turn's prefix and the text turn's, each computed once
+
+
 def test_index_select_repeats_and_keeps_rows(fast):
     """Candidates on a shared prefix: repeat a row k times, step k tokens, keep one."""
     out = fast.prefill([Request(white(), "Name a colour.")])
