@@ -94,22 +94,22 @@ def _columns(columns, shown: dict | None = None) -> dict:
 
 def generate(image, prompt, model_name, projection, method, *knob_values):
     """Generate: stream every column, then fill every view."""
+    shown: dict = {}
     try:
-        started = run_views.start(_upload_path(image), prompt, model_name, list(knob_values), projection, method)
-        blank = {c: [] for c in answers.values()} | {c: "" for c in (*stats.values(), *infos.values(), story)}
-        yield {**blank, status: started.notice + "Decoding every method in one batch per step (SafeCoDe's judge runs as extra rows)…"}
-        columns, shown = {}, {}
-        for columns in run_views.stream(started, shared=SHARED_BATCH):
-            if update := _columns(columns, shown):  # what changed: the other columns are not sent again
+        for step in run_views.generate(_upload_path(image), prompt, model_name, list(knob_values), projection, method, SHARED_BATCH):
+            if isinstance(step, run_views.Started):  # checked and loaded: clear the last run's columns
+                blank = {c: [] for c in answers.values()} | {c: "" for c in (*stats.values(), *infos.values(), story)}
+                yield {**blank, status: step.notice + "Decoding every method in one batch per step (SafeCoDe's judge runs as extra rows)…"}
+            elif isinstance(step, run_views.Finished):
+                yield {
+                    **_columns(step.columns), status: step.message, story: step.story, delta_plot: step.delta, map_plot: step.map,
+                    step_plot: step.step, step_rows: step.step_rows, step_slider: gr.update(maximum=max(step.steps - 1, 0), value=0),
+                    run_state: step.run, export_json: step.json_path, export_html: step.html_path,
+                }
+            elif update := _columns(step, shown):  # the columns: only what changed is sent
                 yield update
-        done = run_views.finish(started, columns)
     except Exception as exc:
         raise _fail(exc)
-    yield {
-        **_columns(done.columns), status: done.message, story: done.story, delta_plot: done.delta, map_plot: done.map,
-        step_plot: done.step, step_rows: done.step_rows, step_slider: gr.update(maximum=max(done.steps - 1, 0), value=0),
-        run_state: done.run, export_json: done.json_path, export_html: done.html_path,
-    }
 
 
 def inspect(run, method, step):

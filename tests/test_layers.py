@@ -47,3 +47,12 @@ def test_app_callbacks_are_short():
     for node in tree.body:
         if isinstance(node, ast.FunctionDef):
             assert node.end_lineno - node.lineno + 1 <= 40, f"app.py:{node.name}"
+
+
+def test_every_test_checks_something():
+    """No test only calls a function: each asserts, expects an exception or fails explicitly."""
+    for path in (PACKAGE.parent / "tests").rglob("test_*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test"):
+                source = ast.unparse(node)
+                assert any(word in source for word in ("assert", "raises", "pytest.fail")), f"{path.name}:{node.name}"

@@ -64,6 +64,19 @@ class Finished:
     html_path: str
 
 
+def generate(
+    upload_path: str | None, prompt: str, model_name: str, knob_values: list[Any], projection: str = "PCA", method: str = "vanilla",
+    shared: bool = False,
+) -> Iterator[Started | dict[str, Column] | Finished]:
+    """The whole Generate: the checked request (`Started`), the columns as they fill, then `Finished`."""
+    started = start(upload_path, prompt, model_name, knob_values, projection, method)
+    yield started
+    columns: dict[str, Column] = {}
+    for columns in stream(started, shared):
+        yield columns
+    yield finish(started, columns)
+
+
 def start(upload_path: str | None, prompt: str, model_name: str, knob_values: list[Any], projection: str = "PCA", method: str = "vanilla") -> Started:
     """Check every input against what the screen offers, before any model work; then load the
     model and its probe. Raises InputError / UserFacingError with one sentence."""
