@@ -24,7 +24,7 @@ from ..viz.hidden_map import PROJECTIONS, hidden_state_map
 from ..viz.inspector import step_figure, step_table
 from .session import calibration_points, export, model, probe_for
 
-REFRESH_SECONDS = 0.1  # the columns are redrawn at most ten times a second: plenty for a reader
+REFRESH_SECONDS = 0.2  # the columns are redrawn at most five times a second: plenty for a reader, light for the server
 
 
 @dataclass
