@@ -35,7 +35,14 @@ class SharedBatch:
         self._cond = threading.Condition()
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
+        self._closed = False
         self.peak_rows = 0  # most rows one forward carried (how much sharing happened)
+
+    def close(self) -> None:
+        """Let the batch thread end once its requests are done (the model was unloaded)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
 
     def compare(
         self, request: Request, config: CompareConfig, probe: DecodingProbe | None = None, refresh: float = 0.0,
@@ -62,8 +69,10 @@ class SharedBatch:
         runs: dict[str, tuple[_Run, queue.Queue, float, list[float]]] = {}  # prefix -> run, its queue, refresh, [last push]
         while True:
             with self._cond:
-                while not self._inbox and not runs:
+                while not self._inbox and not runs and not self._closed:
                     self._cond.wait()
+                if self._closed and not self._inbox and not runs:
+                    return
             try:
                 self._admit(engine, runs)
                 for lane, event in engine.run():
@@ -116,9 +125,17 @@ _LOCK = threading.Lock()
 
 
 def shared_batch(adapter: VLMAdapter) -> SharedBatch:
-    """The one shared batch of `adapter` in this process."""
+    """The one shared batch of `adapter` in this process; batches of unloaded models are closed,
+    so they hold no model in memory."""
+    from .models import loaded_adapters
+
     with _LOCK:
+        live = {id(a) for a in loaded_adapters()} | {id(adapter)}
+        for key in [k for k in _BATCHES if k not in live]:
+            _BATCHES.pop(key).close()
         batch = _BATCHES.get(id(adapter))
-        if batch is None or batch.adapter is not adapter:
+        if batch is None or batch.adapter is not adapter:  # none yet, or an old id reused by a new model
+            if batch is not None:
+                batch.close()
             batch = _BATCHES[id(adapter)] = SharedBatch(adapter)
         return batch

@@ -63,3 +63,16 @@ def test_a_failed_forward_ends_the_batch_with_the_error_and_the_next_request_run
     monkeypatch.setattr(type(fake), "step", real_step)
     columns = list(batch.compare(Request(photo, "hi"), CONFIG, axis_probe(fake)))[-1]
     assert all(c.trace is not None and len(c.trace) == 12 for c in columns.values())
+
+
+def test_the_batch_of_an_unloaded_model_is_closed_and_its_thread_ends(fake, photo):
+    from safety_demo.models.fake import FakeAdapter
+    from safety_demo.serving import shared_batch
+
+    old = shared_batch(FakeAdapter(seed=3))  # a model the registry does not hold (as after LRU eviction)
+    list(old.compare(Request(photo, "hi"), CONFIG, axis_probe(old.adapter)))
+    thread = old._thread
+    assert thread.is_alive()
+    shared_batch(fake)  # the next request, on another model, lets the old batch go
+    thread.join(timeout=10)
+    assert not thread.is_alive()

@@ -64,6 +64,12 @@ def loaded_models() -> list[str]:
         return list(_LOADED)
 
 
+def loaded_adapters() -> list[VLMAdapter]:
+    """The adapters in memory now (what may keep a shared batch alive)."""
+    with _LOCK:
+        return list(_LOADED.values())
+
+
 def _free_accelerator_memory() -> None:
     import gc
 
@@ -104,6 +110,7 @@ __all__ = [
     "Request",
     "VLMAdapter",
     "load_adapter",
+    "loaded_adapters",
     "loaded_models",
     "max_models",
     "model_choices",
