@@ -21,6 +21,7 @@ from safety_demo.models import DEFAULT_MODEL, model_choices
 from safety_demo.ui import notes
 from safety_demo.ui import run as run_views
 from safety_demo.ui.session import UserFacingError, model, probe_for
+from safety_demo.viz.answer import ANSWER_CSS
 from safety_demo.viz.hidden_map import PROJECTIONS, warm_up_umap
 
 try:  # ZeroGPU on Hugging Face Spaces; a no-op decorator anywhere else
@@ -41,9 +42,8 @@ CONCURRENCY = int(os.environ.get("SAFETY_DEMO_CONCURRENCY", 4)) if SHARED_BATCH 
 log = logging.getLogger("safety_demo.app")
 CSS = """
 .answer-col {min-width: 0}
-.answer-col .token {font-size: 0.95rem}
 #status {min-height: 1.5em}
-"""
+""" + ANSWER_CSS
 
 
 # ---------------------------------------------------------------- callbacks (one library call each)
@@ -79,7 +79,7 @@ def _upload_path(payload) -> str | None:
     return path
 
 
-def _columns(columns, shown: dict | None = None) -> dict:
+def _columns(columns, shown: dict | None = None, parts: dict | None = None) -> dict:
     """The answer columns' components; with `shown`, only those of columns that changed since."""
     update = {}
     for m, col in columns.items():
@@ -88,7 +88,8 @@ def _columns(columns, shown: dict | None = None) -> dict:
             continue
         if shown is not None:
             shown[m] = state
-        update.update({answers[m]: col.tokens, stats[m]: run_views.column_stats(col), infos[m]: run_views.column_info(col)})
+        html = run_views.column_html(col, (parts or {}).get(m))
+        update.update({answers[m]: html, stats[m]: run_views.column_stats(col), infos[m]: run_views.column_info(col)})
     return update
 
 
@@ -98,12 +99,13 @@ def generate(image, prompt, model_name, projection, method, *knob_values):
     try:
         for step in run_views.generate(_upload_path(image), prompt, model_name, list(knob_values), projection, method, SHARED_BATCH):
             if isinstance(step, run_views.Started):  # checked and loaded: clear the last run's columns
-                blank = {c: [] for c in answers.values()} | {c: "" for c in (*stats.values(), *infos.values(), story)}
-                yield {**blank, status: step.notice + "Decoding every method in one batch per step (SafeCoDe's judge runs as extra rows)…"}
+                blank = {c: "" for c in (*answers.values(), *stats.values(), *infos.values(), story)}
+                yield {**blank, legend: run_views.legend(step.probe),
+                       status: step.notice + "Decoding every method in one batch per step (SafeCoDe's judge runs as extra rows)…"}
             elif isinstance(step, run_views.Finished):
                 yield {
-                    **_columns(step.columns), status: step.message, story: step.story, delta_plot: step.delta, map_plot: step.map,
-                    step_plot: step.step, step_rows: step.step_rows, step_slider: gr.update(maximum=max(step.steps - 1, 0), value=0),
+                    **_columns(step.columns, parts=step.parts), status: step.message, story: step.story, delta_plot: step.delta, map_plot: step.map,
+                    step_plot: step.step, step_rows: step.step_rows, step_slider: gr.update(maximum=max(step.steps - 1, 0), value=step.step_at),
                     run_state: step.run, export_json: step.json_path, export_html: step.html_path,
                 }
             elif update := _columns(step, shown):  # the columns: only what changed is sent
@@ -171,12 +173,9 @@ with gr.Blocks(title="safety_demo: safety-steering decoding, token by token", de
             with gr.Column(elem_classes="answer-col"):
                 gr.Markdown(f"### {method.title}")
                 stats[m] = gr.Markdown("", elem_id=f"stats-{m}")
-                answers[m] = gr.HighlightedText(
-                    label=f"{method.title} answer", show_legend=m == "vanilla", combine_adjacent=False,
-                    elem_id=f"answer-{m}", color_map=None,
-                )
+                answers[m] = gr.HTML(elem_id=f"answer-{m}", elem_classes="answer-box")
                 infos[m] = gr.Markdown("", elem_id=f"info-{m}")
-    gr.Markdown(notes.ANSWERS + " " + notes.LEGEND)
+    legend = gr.Markdown(run_views.legend(None).rsplit(" No probe", 1)[0], elem_id="legend")
     story = gr.Markdown("", elem_id="walkthrough")
 
     with gr.Tabs():
@@ -205,7 +204,7 @@ with gr.Blocks(title="safety_demo: safety-steering decoding, token by token", de
         gpu(generate),
         inputs=[image_in, prompt_in, model_in, projection_in, step_method, *controls],
         outputs=[status, *answers.values(), *stats.values(), *infos.values(), story, delta_plot, map_plot,
-                 step_plot, step_rows, step_slider, run_state, export_json, export_html],
+                 step_plot, step_rows, step_slider, run_state, export_json, export_html, legend],
         api_name="generate",
         preprocess=False,  # raw upload path: load_image checks it with clear messages
         concurrency_limit=CONCURRENCY,  # requests running at once: their rows share the model's one batch

@@ -53,10 +53,11 @@ def _app_run(client, image: str, prompt: str, knobs: list[Any]) -> dict[str, flo
         # a component the app did not send this time comes back as {"__type__": "update"}: keep its last value
         out = [old if _unchanged(new) and i < len(out) else new for i, (new, old) in enumerate(zip(update, out or update))]
         for m in METHODS:
-            if f"{m} first" not in seen and out[OUTPUT_INDEX[m]]:
+            tokens = str(out[OUTPUT_INDEX[m]]).count('class="tok')  # the answer's token spans
+            if f"{m} first" not in seen and tokens:
                 seen[f"{m} first"] = now
             if m not in seen and "tok/s" in str(out[OUTPUT_INDEX["stats"][m]]):  # the column's final line
-                seen[m], seen[f"{m} tokens"] = now, len(out[OUTPUT_INDEX[m]])
+                seen[m], seen[f"{m} tokens"] = now, tokens
         if str(out[OUTPUT_INDEX["status"]]).startswith("Done"):
             seen["done"] = now
     job.result()

@@ -101,7 +101,7 @@ def run_load(requests: int, concurrency: int, max_new_tokens: int, model: str, t
             image, prompt = examples[i % len(examples)]
             try:
                 out = local.client.predict(handle_file(image), prompt, model, "PCA", "safesteer", *knobs, api_name="/generate")
-                ok = bool(out[1]) and str(out[0]).startswith("Done")
+                ok = 'class="tok' in str(out[1]) and str(out[0]).startswith("Done")
                 with lock:
                     result.answered += ok
                     if not ok:

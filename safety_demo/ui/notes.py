@@ -10,10 +10,6 @@ Qwen2.5-Coder-0.5B-Instruct (language model, with real safety alignment), Effici
 RapidOCR (text in the image). The image reaches the language model as visual embeddings (class-name soft tokens + OCR text).
 Pick a preset to run a real VLM on a GPU."""
 
-ANSWERS = """**How to read the answers.** Each token is coloured by the SafeSteer probe's **P(harmful)** of the hidden state at
-that token: purple = reads as harmless, red = reads as harmful, pale = undecided (≈ 0.5), uncoloured = no probe yet. Same colours for all three
-methods, so you can compare where each answer turns harmful or safe."""
-
 DELTA = """**Contrastive delta.** For each answer token: log p(token | real image) − log p(token | noised image).
 Above zero, the *content* of the image pushed the model towards this token; near zero, the image did not matter.
 SafeCoDe subtracts α × the noised-image logits, so tokens driven by what the image actually says are the ones it keeps.
@@ -29,5 +25,3 @@ MAP = """**Hidden-state map.** Each dot is a calibration request's last-prompt h
 shaped by how the request was composed (text-only, typographic, photo). The ★ is this prompt's h₀;
 ◆ is h̄₀ after MSAV (if it fired). The lines follow each answer's tokens through hidden-state space.
 PCA is exact and fast; t-SNE and UMAP show neighbourhoods but distort distances (UMAP compiles on first use)."""
-
-LEGEND = "The legend's −1 … +1 is 2·P(harmful) − 1: −1 harmless (purple), +1 harmful (red)."

@@ -11,14 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from ..compare import Column, CompareConfig, compare
-from ..explain import walkthrough
+from ..explain import first_divergence, walkthrough
 from ..inputs import LIMITS, InputError, check_prompt_tokens, clean_prompt, invisible_count, load_image, shown
 from ..methods import METHODS, method_config, read_knobs, title
 from ..models import Request, VLMAdapter, model_choices
-from ..probe import DecodingProbe
+from ..probe import DecodingProbe, describe_probe
 from ..serving import shared_batch
 from ..trace import Trace
 from ..viz import empty_figure
+from ..viz.answer import LEGEND, answer_html, streamed_views, trace_views
 from ..viz.contrast import contrastive_delta_figure
 from ..viz.hidden_map import PROJECTIONS, hidden_state_map
 from ..viz.inspector import step_figure, step_table
@@ -60,6 +61,8 @@ class Finished:
     step: Any
     step_rows: list[dict]
     steps: int  # the longest answer's length (the step slider's range)
+    step_at: int  # the step the inspector opens at: where the shown method first parts from vanilla
+    parts: dict[str, int | None]  # method -> first step where its answer parts from vanilla's
     json_path: str
     html_path: str
 
@@ -118,8 +121,10 @@ def finish(started: Started, columns: dict[str, Column], projection: str | None 
     """Every view of the finished run, drawn with the projection and method the screen shows now."""
     projection, method = projection or started.projection, method or started.method
     run = Run(started.model_name, {m: c.trace for m, c in columns.items() if c.trace is not None})
+    parts = parting_steps(run.traces)
+    step_at = parts.get(method) if parts.get(method) is not None else min((s for s in parts.values() if s is not None), default=0)
     figures = {"delta": contrastive_delta_figure(run.traces), "map": map_view(run, projection), "step": None}
-    figures["step"], rows = step_view(run, method, 0)
+    figures["step"], rows = step_view(run, method, step_at)
     json_path, html_path = export(run.traces, figures)
     message = started.notice + "Done. Explore the views below."
     if any(c.error for c in columns.values()):
@@ -127,7 +132,30 @@ def finish(started: Started, columns: dict[str, Column], projection: str | None 
     if any(c.trace is not None and c.trace.cut for c in columns.values()):
         message += f" ⏱ The run reached its time limit ({LIMITS.max_request_seconds} s) and shows what it had."
     steps = max((len(t) for t in run.traces.values()), default=1)
-    return Finished(run, columns, message, walkthrough(run.traces), figures["delta"], figures["map"], figures["step"], rows, steps, json_path, html_path)
+    return Finished(run, columns, message, walkthrough(run.traces), figures["delta"], figures["map"], figures["step"], rows, steps,
+                    step_at, parts, json_path, html_path)
+
+
+def parting_steps(traces: dict[str, Trace]) -> dict[str, int | None]:
+    """Each method's first step that differs from vanilla's answer (vanilla: the earliest of them)."""
+    vanilla = traces.get("vanilla")
+    if vanilla is None:
+        return {}
+    parts = {m: first_divergence(vanilla, t) for m, t in traces.items() if m != "vanilla"}
+    parts["vanilla"] = min((s for s in parts.values() if s is not None), default=None)
+    return parts
+
+
+def column_html(col: Column, parts_at: int | None = None) -> str:
+    """The answer as running text: streamed tokens while decoding, token cards once finished."""
+    if col.trace is not None:
+        return answer_html(trace_views(col.trace, parts_at), "(no tokens)")
+    return answer_html(streamed_views(col.tokens), "")
+
+
+def legend(probe: DecodingProbe | None) -> str:
+    """How to read the colours, with the probe in use (its k and held-out AUROC)."""
+    return LEGEND + (f" Probe in use: {describe_probe(probe)}." if probe is not None else " No probe is loaded for this model.")
 
 
 def step_view(run: Run | None, method: str, step: int) -> tuple[Any, list[dict]]:
