@@ -215,7 +215,7 @@ with gr.Blocks(title="safety_demo: safety-steering decoding, token by token", de
 
 demo.queue(max_size=int(os.environ.get("SAFETY_DEMO_QUEUE", 16)), default_concurrency_limit=1)
 # uploads above the limit are refused by Gradio before they reach a callback; its own refusals are sentences too
-LAUNCH_OPTIONS = dict(max_file_size=f"{LIMITS.max_upload_mb}mb", show_error=True)
+LAUNCH_OPTIONS = dict(max_file_size=f"{LIMITS.max_upload_mb}mb", show_error=True, css=CSS, theme=gr.themes.Soft())
 
 
 def warm_start(name: str = DEFAULT_MODEL) -> None:
@@ -236,7 +236,5 @@ if __name__ == "__main__":
     demo.launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
-        css=CSS,
-        theme=gr.themes.Soft(),
-        **LAUNCH_OPTIONS,
+        **LAUNCH_OPTIONS,  # the answers' CSS, the theme and the limits, for every launch (tests too)
     )

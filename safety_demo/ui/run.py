@@ -155,7 +155,7 @@ def column_html(col: Column, parts_at: int | None = None) -> str:
 
 def legend(probe: DecodingProbe | None) -> str:
     """How to read the colours, with the probe in use (its k and held-out AUROC)."""
-    return LEGEND + (f" Probe in use: {describe_probe(probe)}." if probe is not None else " No probe is loaded for this model.")
+    return LEGEND + (f" Probe in use: {describe_probe(probe).removeprefix('probe: ')}." if probe is not None else " No probe is loaded for this model.")
 
 
 def step_view(run: Run | None, method: str, step: int) -> tuple[Any, list[dict]]:
