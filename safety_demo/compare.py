@@ -18,7 +18,6 @@ from .methods import METHODS, default_configs, prepare
 from .inputs import InputError
 from .models.base import ModelLoadError, Request, VLMAdapter
 from .probe import DecodingProbe, ProbeError
-from .viz.tokens import highlighted_tokens
 
 
 @dataclass
@@ -34,7 +33,7 @@ class Column:
 
     method: str
     text: str = ""
-    tokens: list[tuple[str, float | None]] = field(default_factory=list)  # (token, 2·P(harmful) − 1)
+    tokens: list[tuple[str, float | None]] = field(default_factory=list)  # (token text, the probe's P(harmful) or None)
     n_tokens: int = 0
     seconds: float = 0.0
     note: str = ""  # what the method is doing before its first token (e.g. its judge)
@@ -51,8 +50,8 @@ def compare(
     the last yield has every trace, probe-scored. After `time_limit` seconds every column ends
     with what it has (its trace says so in `cut`)."""
     engine = Engine(adapter, config.generation, isolate_errors=True)
-    run = _Run(engine, request, config, probe, time_limit)
-    run.start()
+    run = _Run(adapter, request, config, probe, time_limit)
+    run.start(engine)
     last = 0.0
     for lane, event in engine.run():
         finished = run.handle(lane, event)
@@ -69,9 +68,10 @@ class _Run:
     its columns and the preparations (judge decodes) still running. Its lanes are named
     `prefix + method` (`prefix + method:caption` for a judge decode)."""
 
-    def __init__(self, engine: Engine, request: Request, config: CompareConfig, probe: DecodingProbe | None,
+    def __init__(self, adapter: VLMAdapter, request: Request, config: CompareConfig, probe: DecodingProbe | None,
                  time_limit: float | None = None, prefix: str = "") -> None:
-        self.engine, self.adapter, self.request, self.config, self.probe = engine, engine.adapter, request, config, probe
+        self.adapter, self.request, self.config, self.probe = adapter, request, config, probe
+        self.engine: Engine | None = None  # set by `start`: its own engine, or a batch shared with other requests
         self.t0 = time.perf_counter()
         self.time_limit, self.prefix, self.stopped = time_limit, prefix, False
         self.columns = {m: Column(m) for m in config.methods}
@@ -82,14 +82,23 @@ class _Run:
     def done(self) -> bool:
         return all(c.done for c in self.columns.values())
 
-    def start(self) -> None:
-        """Prepare every method (no decoding yet) and add the ready ones to the engine."""
+    def start(self, engine: Engine) -> None:
+        """Prepare every method (no decoding yet) and add the ready ones to `engine`."""
+        self.engine = engine
+        streaming = False
         for name in self.config.methods:
             try:
-                self._advance(name, prepare(name, self.adapter, self.request, self.config.configs, self.probe))
+                prep = prepare(name, self.adapter, self.request, self.config.configs, self.probe)
             except Exception as exc:  # the judge or the probe failed: this column only
                 self._fail(name, exc)
-        if not any(c.note == "" and not c.done for c in self.columns.values()):  # nothing else to stream first
+                continue
+            if isinstance(prep, Policy):  # ready: it joins the batch now
+                self._add(name, prep, self.request)
+                streaming = True
+            else:  # a preparation: its decodes join after the first token
+                self.deferred.append((name, prep))
+                self.columns[name].note = "judge: waiting for the first step…"
+        if not streaming:  # nothing else to stream first
             self._start_deferred()
 
     def handle(self, lane: str, event) -> bool:
@@ -130,14 +139,6 @@ class _Run:
         for name, prep in deferred:
             self._send(name, prep, None)
 
-    def _advance(self, name: str, prep: Policy | Any) -> None:
-        """Start `name`: its policy joins the batch now; a preparation's decodes join after the first token."""
-        if isinstance(prep, Policy):
-            self._add(name, prep, self.request)
-        else:
-            self.deferred.append((name, prep))
-            self.columns[name].note = "judge: waiting for the first step…"
-
     def _send(self, name: str, prep: Any, trace: Trace | None) -> None:
         try:
             decode: Decode = next(prep) if trace is None else prep.send(trace)
@@ -167,7 +168,8 @@ class _Run:
                 add_probe_scores(trace, self.probe)
             col.done, col.trace, col.text, col.error, col.note = True, trace, trace.text, trace.error, ""
             col.seconds = trace.timings.total
-            col.tokens = highlighted_tokens(trace)[: len(trace.answer_tokens)]  # without the end-of-turn token
+            probs = trace.scores.get("probe.score")
+            col.tokens = [(tok, None if probs is None else float(probs[i])) for i, tok in enumerate(trace.answer_tokens)]
             return
         col.text, col.n_tokens, col.note = event.text, event.step + 1, ""
         col.seconds = time.perf_counter() - self.t0
@@ -175,5 +177,5 @@ class _Run:
             return
         score = None
         if self.probe is not None and event.record.hidden is not None:
-            score = float(2.0 * self.probe.prob(event.record.hidden) - 1.0)
+            score = float(self.probe.prob(event.record.hidden))
         col.tokens.append((event.piece, score))

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 from .decoding import GenerationConfig, Policy, SafeCoDeConfig, SafeCoDePolicy, SafeSteerConfig, SafeSteerPolicy, VanillaPolicy
 from .decoding.engine import Preparation, drive
 from .decoding.judge import judge_steps
-from .inputs import LIMITS, InputError
+from .inputs import LIMITS, InputError, shown
 from .models.base import Request, VLMAdapter
 from .probe import DecodingProbe, get_probe, parse_components
 
@@ -238,29 +238,23 @@ def _knob_value(knob: Knob, value: Any) -> Any:
         return knob.default
     if knob.kind == "checkbox":
         if not isinstance(value, bool):
-            raise InputError(f"{knob.label}: must be true or false, got {_short(value)}.")
+            raise InputError(f"{knob.label}: must be true or false, got {shown(value, 40)}.")
         return value
     if knob.kind == "dropdown":
         names = [str(c) for c in knob.choices]
         if str(value) not in names:
-            raise InputError(f"{knob.label}: {_short(value)} is not one of {', '.join(names)}.")
+            raise InputError(f"{knob.label}: {shown(value, 40)} is not one of {', '.join(names)}.")
         value = knob.choices[names.index(str(value))]
         return parse_components(value) if knob.field == "probe_components" else value
     try:
         x = float(value) if not isinstance(value, bool) else float("nan")
     except (TypeError, ValueError, OverflowError):
-        raise InputError(f"{knob.label}: {_short(value)} is not a number.") from None
+        raise InputError(f"{knob.label}: {shown(value, 40)} is not a number.") from None
     if not math.isfinite(x):
-        raise InputError(f"{knob.label}: must be a finite number, got {_short(value)}.")
+        raise InputError(f"{knob.label}: must be a finite number, got {shown(value, 40)}.")
     if not knob.minimum <= x <= knob.maximum:
         raise InputError(f"{knob.label}: {x:g} is outside the control's range, {knob.minimum:g} to {knob.maximum:g}.")
     return int(round(x)) if isinstance(knob.default, int) else x
-
-
-def _short(value: Any) -> str:
-    """A value as the user sent it, at most 40 characters."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "…"
 
 
 __all__ = [

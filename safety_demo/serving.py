@@ -51,7 +51,7 @@ class SharedBatch:
         """`compare.compare`, with this request's lanes decoding in the shared batch."""
         inbox: queue.Queue = queue.Queue()
         with self._cond:
-            run = _Run(Engine(self.adapter), request, config, probe, time_limit, prefix=f"r{next(self._ids)}/")
+            run = _Run(self.adapter, request, config, probe, time_limit, prefix=f"r{next(self._ids)}/")
             self._inbox.append((run, inbox, refresh))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name=f"batch-{self.adapter.name}", daemon=True)
@@ -101,8 +101,7 @@ class SharedBatch:
         with self._cond:
             arrived, self._inbox = self._inbox, []
         for run, out, refresh in arrived:
-            run.engine = engine  # its lanes go into the shared engine (its clock started when it was sent)
-            run.start()
+            run.start(engine)  # its lanes go into the shared engine (its clock started when it was sent)
             runs[run.prefix] = (run, out, refresh, [0.0])
             if run.done:  # every method failed before decoding
                 out.put(_snapshot(run.columns))

@@ -7,7 +7,7 @@ not listed is refused, so a typo cannot create a second spelling.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -274,7 +274,7 @@ class Trace:
             for i, s in enumerate(data["steps"])
         ]
         prefill = np.asarray(data.get("prefill_hidden", []), dtype=np.float32)
-        run = {f.name: data[f.name] for f in fields(cls) if f.name in _RUN_FIELDS and f.name in data}
+        run = {name: data[name] for name in _RUN_FIELDS if name in data}
         run["timings"] = Timings(**data.get("timings", {}))
         run["judge"] = JudgeInfo(**data["judge"]) if data.get("judge") else None
         if data.get("msav"):

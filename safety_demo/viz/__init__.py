@@ -1,6 +1,6 @@
 """Views of a `Trace`: plain functions, a trace in and a `go.Figure` (or table data) out.
 
-    tokens.py      per-token P(harmful) for the answer columns: `highlighted_tokens`
+    answer.py      an answer as running text, coloured by the probe's P(harmful): `answer_html`
     contrast.py    log p(real image) − log p(noised image) per step: `contrastive_delta_figure`
     inspector.py   one step's candidates, both probabilities, probe scores: `step_table`, `step_figure`
     hidden_map.py  calibration h₀, the query's h₀ / h̄₀ and each method's trajectory: `hidden_state_map`
@@ -105,10 +105,9 @@ def figures_html(figures: dict[str, go.Figure], title: str = "safety_demo run") 
 from .contrast import contrastive_delta_figure  # noqa: E402
 from .hidden_map import PROJECTIONS, hidden_state_map, warm_up_umap  # noqa: E402
 from .inspector import step_choices, step_figure, step_table  # noqa: E402
-from .tokens import highlighted_tokens  # noqa: E402
 
 __all__ = [
     "PROJECTIONS", "contrastive_delta_figure", "empty_figure", "esc", "figures_html",
-    "hidden_state_map", "highlighted_tokens", "method_color", "step_choices", "step_figure",
+    "hidden_state_map", "method_color", "step_choices", "step_figure",
     "step_table", "style", "token_label", "warm_up_umap",
 ]

@@ -50,8 +50,8 @@ def harm_color(p: float | None) -> str:
 
 
 def streamed_views(tokens: list[tuple[str, float | None]]) -> list[TokenView]:
-    """While streaming: (text, 2·P − 1) pairs, as `compare.Column.tokens` holds them."""
-    return [TokenView(text, None if s is None else (s + 1.0) / 2.0) for text, s in tokens]
+    """While streaming: (text, P(harmful)) pairs, as `compare.Column.tokens` holds them."""
+    return [TokenView(text, p) for text, p in tokens]
 
 
 def trace_views(trace: Trace, parts_at: int | None = None) -> list[TokenView]:

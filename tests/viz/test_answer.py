@@ -17,9 +17,11 @@ def test_tokens_stay_inside_the_words_and_markup_is_escaped():
     assert ">I<span" in page and ">&#x27;t<span" in page  # no gaps added: the text is the tokens, joined as they are
 
 
-def test_streamed_scores_are_read_back_as_probabilities():
-    views = streamed_views([("a", -1.0), ("b", 1.0), ("c", None)])
+def test_streamed_tokens_keep_their_probability_and_markup_reaches_the_page_escaped():
+    views = streamed_views([("a", 0.0), ("<eos>", 1.0), ("c", None)])
     assert [v.p_harm for v in views] == [0.0, 1.0, None]
+    page = answer_html(views)
+    assert "&lt;eos&gt;" in page and "rgb(232,89,74)" in page and "transparent" in page
 
 
 def test_finished_tokens_carry_rank_the_models_own_choice_and_the_parting_mark():
