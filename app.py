@@ -22,7 +22,7 @@ from safety_demo.ui import notes
 from safety_demo.ui import run as run_views
 from safety_demo.ui.session import UserFacingError, model, probe_for
 from safety_demo.viz.answer import ANSWER_CSS
-from safety_demo.viz.hidden_map import PROJECTIONS, warm_up_umap
+from safety_demo.viz.hidden_map import PROBE_AXIS, VIEWS, warm_up_umap
 
 try:  # ZeroGPU on Hugging Face Spaces; a no-op decorator anywhere else
     import spaces
@@ -120,10 +120,10 @@ def inspect(run, method, step):
     return {step_plot: figure, step_rows: rows}
 
 
-def remap(run, projection):
+def remap(run, projection, every_step):
     """Re-project the hidden-state map of the run in this session (t-SNE / UMAP take seconds)."""
     try:
-        return {map_plot: run_views.map_view(run, projection)}
+        return {map_plot: run_views.map_view(run, projection, every_step)}
     except Exception as exc:
         raise _fail(exc)
 
@@ -191,7 +191,9 @@ with gr.Blocks(title="safety_demo: safety-steering decoding, token by token", de
             step_rows = gr.JSON(label="Candidates at this step")
         with gr.Tab("Hidden-state map"):
             gr.Markdown(notes.MAP)
-            projection_in = gr.Radio(list(PROJECTIONS), value="PCA", label="Projection", elem_id="projection")
+            with gr.Row():
+                projection_in = gr.Radio(list(VIEWS), value=PROBE_AXIS, label="Projection", elem_id="projection")
+                every_step_in = gr.Checkbox(False, label="Every step", info="all tokens' states, not just the first steps", elem_id="every-step")
             map_plot = gr.Plot(elem_id="map-plot")
         with gr.Tab("Export"):
             gr.Markdown("Download this run: every trace as JSON (tokens, candidates, probabilities, scores, judge, MSAV) and the figures as one HTML page.")
@@ -211,7 +213,7 @@ with gr.Blocks(title="safety_demo: safety-steering decoding, token by token", de
     )
     step_method.change(inspect, inputs=[run_state, step_method, step_slider], outputs=[step_plot, step_rows])
     step_slider.release(inspect, inputs=[run_state, step_method, step_slider], outputs=[step_plot, step_rows])
-    projection_in.change(remap, inputs=[run_state, projection_in], outputs=[map_plot])
+    gr.on([projection_in.change, every_step_in.change], remap, inputs=[run_state, projection_in, every_step_in], outputs=[map_plot])
 
 demo.queue(max_size=int(os.environ.get("SAFETY_DEMO_QUEUE", 16)), default_concurrency_limit=1)
 # uploads above the limit are refused by Gradio before they reach a callback; its own refusals are sentences too

@@ -2,6 +2,8 @@
 
 Reads the cached calibration h₀ of a model (no model calls when the cache exists) and prints:
   - held-out AUROC for every k of COMPONENT_CHOICES, and which k `auto` keeps;
+  - how well each axis of the hidden-state map separates harmful from harmless held-out rows
+    (the probe axis against the top PCs: why the map opens on the probe axis);
   - with `--figstep-ood`: how the probe, which never saw a FigStep-shaped row (the calibration
     set has none: hold-out discipline), reads the project's own requests rendered FigStep-style
     (held-out split, measuring only; their h₀ are extracted here, about 2 minutes on CPU).
@@ -34,6 +36,7 @@ def report(model: str = "builtin", figstep_ood: bool = False) -> str:
         lines.append(row(fit_probe(h, labels, comps, splits, adapter.model_id, key, n_components=k), f"k = {k}"))
     auto = fit_probe(h, labels, comps, splits, adapter.model_id, key, n_components=AUTO)
     lines.append(row(auto, "auto"))
+    lines += ["", *map_axes(h, labels, splits, auto)]
     if figstep_ood:
         from sklearn.metrics import roc_auc_score
 
@@ -50,6 +53,25 @@ def report(model: str = "builtin", figstep_ood: bool = False) -> str:
         for name, probe in (("k = 4", four), (f"auto (k = {auto.n_components})", auto)):
             lines.append(f"| {name} | {roc_auc_score(y, probe.prob(h_fig)):.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def map_axes(h: np.ndarray, labels, splits, probe) -> list[str]:
+    """AUROC of harmful vs harmless held-out rows along each axis of the map (a PC's sign is
+    arbitrary, so max(AUROC, 1 − AUROC) there), the axes fitted on the training rows."""
+    from sklearn.metrics import roc_auc_score
+
+    from ..viz.hidden_map import pca_2d, probe_axes
+
+    train, held = np.asarray(splits) == "train", np.asarray(splits) != "train"
+    y = np.asarray(labels)[held] == "harmful"
+    rows = np.concatenate([h[train], h[held]])
+    pcs, axes = pca_2d(rows, int(train.sum()))[train.sum():], probe_axes(rows, probe, int(train.sum()))[train.sum():]
+    either = lambda v: max(roc_auc_score(y, v), 1 - roc_auc_score(y, v))
+    return [f"Axes of the hidden-state map, AUROC harmful vs harmless on the {int(held.sum())} held-out rows:", "",
+            "| axis | AUROC |", "|---|---|",
+            f"| probe axis x (the probe's score, auto k = {probe.n_components}) | {roc_auc_score(y, axes[:, 0]):.3f} |",
+            f"| probe axis y (main direction of the rest) | {either(axes[:, 1]):.3f} |",
+            f"| PC 1 | {either(pcs[:, 0]):.3f} |", f"| PC 2 | {either(pcs[:, 1]):.3f} |"]
 
 
 def main() -> None:

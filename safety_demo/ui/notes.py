@@ -23,5 +23,9 @@ probe is meant to score refusals higher; on the built-in model that premise does
 
 MAP = """**Hidden-state map.** Each dot is a calibration request's last-prompt hidden state h₀, coloured harmful / harmless,
 shaped by how the request was composed (text-only, typographic, photo). The ★ is this prompt's h₀;
-◆ is h̄₀ after MSAV (if it fired). The lines follow each answer's tokens through hidden-state space.
-PCA is exact and fast; t-SNE and UMAP show neighbourhoods but distort distances (UMAP compiles on first use)."""
+◆ is h̄₀ after MSAV (if it fired). The numbered lines follow each answer's first tokens (the ones the methods steer);
+tick *Every step* for the whole answer.
+**Probe axis** (the default) puts the probe's own score on x: right of the dashed line the probe reads harm, so the
+★ sits exactly where the probe's decision does. The y axis is the main direction of everything else, which is mostly
+*how* a request was composed. The top two PCs of h₀ separate the compositions, not harm: PCA, t-SNE and UMAP show that
+structure (t-SNE and UMAP keep neighbourhoods but distort distances; UMAP compiles on first use)."""

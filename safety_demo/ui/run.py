@@ -21,7 +21,7 @@ from ..trace import Trace
 from ..viz import empty_figure
 from ..viz.answer import LEGEND, answer_html, streamed_views, trace_views
 from ..viz.contrast import contrastive_delta_figure
-from ..viz.hidden_map import PROJECTIONS, hidden_state_map
+from ..viz.hidden_map import PROBE_AXIS, TRAJECTORY_STEPS, VIEWS, hidden_state_map
 from ..viz.inspector import step_figure, step_table
 from .session import calibration_points, export, model, probe_for
 
@@ -37,7 +37,7 @@ class Started:
     request: Request
     config: CompareConfig
     probe: DecodingProbe | None
-    projection: str = "PCA"  # the map's projection radio when Generate was pressed
+    projection: str = PROBE_AXIS  # the map's projection radio when Generate was pressed
     method: str = "vanilla"  # the step inspector's method radio
     notice: str = ""  # what was changed about the input, said once (invisible characters removed)
 
@@ -48,6 +48,7 @@ class Run:
 
     model_name: str
     traces: dict[str, Trace] = field(default_factory=dict)
+    probe: DecodingProbe | None = None  # the probe the run used: the map's probe axis is its score
 
 
 @dataclass
@@ -68,7 +69,7 @@ class Finished:
 
 
 def generate(
-    upload_path: str | None, prompt: str, model_name: str, knob_values: list[Any], projection: str = "PCA", method: str = "vanilla",
+    upload_path: str | None, prompt: str, model_name: str, knob_values: list[Any], projection: str = PROBE_AXIS, method: str = "vanilla",
     shared: bool = False,
 ) -> Iterator[Started | dict[str, Column] | Finished]:
     """The whole Generate: the checked request (`Started`), the columns as they fill, then `Finished`."""
@@ -80,11 +81,11 @@ def generate(
     yield finish(started, columns)
 
 
-def start(upload_path: str | None, prompt: str, model_name: str, knob_values: list[Any], projection: str = "PCA", method: str = "vanilla") -> Started:
+def start(upload_path: str | None, prompt: str, model_name: str, knob_values: list[Any], projection: str = PROBE_AXIS, method: str = "vanilla") -> Started:
     """Check every input against what the screen offers, before any model work; then load the
     model and its probe. Raises InputError / UserFacingError with one sentence."""
     _choose(model_name, list(model_choices()), "Model")
-    _choose(projection, list(PROJECTIONS), "Projection")
+    _choose(projection, list(VIEWS), "Projection")
     _choose(method, list(METHODS), "Step inspector method")
     removed = invisible_count(prompt) if isinstance(prompt, str) else 0
     prompt = clean_prompt(prompt)
@@ -120,7 +121,7 @@ def stream(started: Started, shared: bool = False) -> Iterator[dict[str, Column]
 def finish(started: Started, columns: dict[str, Column], projection: str | None = None, method: str | None = None) -> Finished:
     """Every view of the finished run, drawn with the projection and method the screen shows now."""
     projection, method = projection or started.projection, method or started.method
-    run = Run(started.model_name, {m: c.trace for m, c in columns.items() if c.trace is not None})
+    run = Run(started.model_name, {m: c.trace for m, c in columns.items() if c.trace is not None}, started.probe)
     parts = parting_steps(run.traces)
     step_at = parts.get(method) if parts.get(method) is not None else min((s for s in parts.values() if s is not None), default=0)
     figures = {"delta": contrastive_delta_figure(run.traces), "map": map_view(run, projection), "step": None}
@@ -167,14 +168,16 @@ def step_view(run: Run | None, method: str, step: int) -> tuple[Any, list[dict]]
     return step_figure(trace, step), step_table(trace, step)
 
 
-def map_view(run: Run | None, projection: str) -> Any:
-    """The hidden-state map of `run`, on the calibration points of the model it ran on."""
+def map_view(run: Run | None, projection: str, every_step: bool = False) -> Any:
+    """The hidden-state map of `run`, on the calibration points of the model it ran on: the
+    answers' first steps (the ones the methods steer), or every step."""
     if not run or not run.traces:
         return empty_figure("Hidden-state map", "Run a generation first.")
     calib = calibration_points(model(run.model_name))
     if calib is None:
         return empty_figure("Hidden-state map", "No calibration features for this model yet (fit the probe first).")
-    return hidden_state_map(*calib, run.traces, method=projection)
+    _choose(projection, list(VIEWS), "Projection")
+    return hidden_state_map(*calib, run.traces, method=projection, probe=run.probe, steps=None if every_step else TRAJECTORY_STEPS)
 
 
 def column_stats(col: Column) -> str:

@@ -103,11 +103,11 @@ def figures_html(figures: dict[str, go.Figure], title: str = "safety_demo run") 
 
 # The views (imported after the shared style above, which they use).
 from .contrast import contrastive_delta_figure  # noqa: E402
-from .hidden_map import PROJECTIONS, hidden_state_map, warm_up_umap  # noqa: E402
+from .hidden_map import PROBE_AXIS, PROJECTIONS, VIEWS, hidden_state_map, warm_up_umap  # noqa: E402
 from .inspector import step_choices, step_figure, step_table  # noqa: E402
 
 __all__ = [
-    "PROJECTIONS", "contrastive_delta_figure", "empty_figure", "esc", "figures_html",
+    "PROBE_AXIS", "PROJECTIONS", "VIEWS", "contrastive_delta_figure", "empty_figure", "esc", "figures_html",
     "hidden_state_map", "method_color", "step_choices", "step_figure",
     "step_table", "style", "token_label", "warm_up_umap",
 ]

@@ -189,6 +189,29 @@ def test_map_after_generate_uses_the_projection_the_radio_shows(client, fake_pro
     assert "t-SNE" in title and "PCA" not in title
 
 
+def test_map_opens_on_the_probe_axis_with_the_first_steps(client, fake_probe, monkeypatch):
+    import numpy as np
+
+    from safety_demo.ui import run as run_views
+
+    rng = np.random.default_rng(0)
+    points = (rng.normal(size=(40, 32)).astype(np.float32), np.array(["harmful", "harmless"] * 20), np.array(["CB", "TYPO"] * 20))
+    monkeypatch.setattr(run_views, "calibration_points", lambda adapter: points)
+    out = _generate(client, knob_values(max_new_tokens=12), projection="Probe axis")
+    layout = json.loads(out["map"]["plot"])["layout"]
+    assert "Probe axis" in layout["title"]["text"] and "P = 0.5" in layout["title"]["subtitle"]["text"]
+    steps = {m: len(t["steps"]) for m, t in json.loads(Path(out["json"]).read_text()).items()}
+    lines = {t["name"].split()[0]: len(t["text"]) for t in json.loads(out["map"]["plot"])["data"] if t["name"].endswith(" tokens")}
+    assert lines == {m: min(n, 8) for m, n in steps.items() if n}
+    # every step on demand: the remap callback's library call on the same kind of run
+    *_, finished = run_views.generate(FIGSTEP, "What does the list say?", "fake", knob_values(max_new_tokens=12), "Probe axis")
+    assert finished.run.probe is fake_probe
+    fig = run_views.map_view(finished.run, "Probe axis", every_step=True)
+    assert [len(t.x) for t in fig.data if t.name.endswith(" tokens")] == [len(t) for t in finished.run.traces.values() if len(t)]
+    with pytest.raises(Exception, match="Projection"):
+        run_views.map_view(finished.run, "spiral")
+
+
 def test_remap_reads_the_model_of_the_run_not_the_dropdown(monkeypatch):
     """The map of a finished run is drawn on its own model's calibration points."""
     import app

@@ -83,3 +83,15 @@ def calibration() -> tuple[np.ndarray, list[str], list[str]]:
                 comps.append(comp)
                 rows.append(rng.normal(size=D) + shift * np.eye(D)[0])
     return np.array(rows, dtype=np.float32), labels, comps
+
+
+@pytest.fixture
+def probe():
+    """A 2-PC probe whose direction is the calibration's harm axis (e₀): s(h) = 1.5·h₀ + 0.2."""
+    from safety_demo.probe import DecodingProbe
+
+    zeros = np.zeros(D, np.float32)
+    return DecodingProbe(
+        model_id="test", calibration_hash="test", mean=zeros, components=np.eye(D, dtype=np.float32)[:2],
+        weight=np.array([1.5, 0.0], np.float32), bias=0.2, mu=zeros, mu_cb=zeros,
+    )

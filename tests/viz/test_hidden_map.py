@@ -28,7 +28,8 @@ def test_map_has_star_diamond_arrow_and_one_line_per_method(calibration, traces)
     assert any(a.showarrow for a in fig.layout.annotations)
     for name, trace in traces.items():
         (line,) = _named(fig, f"{name} tokens")
-        assert line.mode == "lines+markers" and len(line.x) == len(trace)
+        assert line.mode == "lines+markers+text" and len(line.x) == len(trace)
+        assert list(line.text) == [str(i) for i in range(len(trace))]  # step numbers on the line
         assert "step 0" in line.hovertext[0] and repr(trace.tokens[0]) in line.hovertext[0]
     colours = {t.name: t.line.color for t in fig.data if t.name.endswith("tokens")}
     assert colours == {"vanilla tokens": "#7f7f7f", "safecode tokens": "#ff7f0e", "safesteer tokens": "#2ca02c"}
@@ -164,3 +165,50 @@ def test_h0_hover_takes_the_msav_score_from_any_trace(calibration, traces):
     assert "P(harmful) = 0.900" in star.hovertemplate
     (diamond,) = _named(fig, "h̄₀ (after MSAV)")
     assert "P(harmful) = 0.300" in diamond.hovertemplate
+
+
+# ---- the probe axis: the view that shows harm ------------------------------------------------
+def test_probe_axis_x_is_the_probe_score_and_separates_harm(calibration, traces, probe):
+    h, labels, comps = calibration
+    fig = hidden_state_map(h, labels, comps, traces, probe=probe)
+    assert fig.layout.title.text.startswith("Hidden-state map (Probe axis)")
+    harmful = np.concatenate([t.x for t in fig.data if t.legendgroup == "harmful"])
+    harmless = np.concatenate([t.x for t in fig.data if t.legendgroup == "harmless"])
+    expected = probe.logit(h)
+    np.testing.assert_allclose(np.sort(np.concatenate([harmful, harmless])), np.sort(expected), rtol=1e-5, atol=1e-5)
+    assert (harmful > 0).mean() > 0.9 and (harmless < 0).mean() > 0.9  # the decision line x = 0 splits them
+    (star,) = _named(fig, "h₀ (query, prefill)")
+    assert star.x[0] == pytest.approx(float(probe.logit(traces["vanilla"].prefill_hidden)), abs=1e-4)
+    assert [s.x0 for s in fig.layout.shapes] == [0]  # the probe's decision, dashed
+    assert "P = 0.5" in fig.layout.title.subtitle.text
+
+
+def test_probe_axis_y_ignores_the_probe_direction(probe):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, D))
+    moved = x + np.outer(rng.normal(size=30) * 5, np.eye(D)[0])  # slide every point along the probe's direction
+    a, b = hidden_map.probe_axes(x, probe, 30), hidden_map.probe_axes(moved, probe, 30)
+    np.testing.assert_allclose(a[:, 1], b[:, 1], atol=1e-9)  # y is what is left
+    np.testing.assert_allclose(b[:, 0] - a[:, 0], (moved - x)[:, 0] * 1.5, rtol=1e-5)
+
+
+def test_probe_axis_without_probe_says_so_and_shows_pca(calibration, traces, probe):
+    h, labels, comps = calibration
+    fig = hidden_state_map(h, labels, comps, traces, method=hidden_map.PROBE_AXIS)
+    assert "No probe" in fig.layout.title.subtitle.text and fig.layout.xaxis.title.text == "PC 1"
+    fig = hidden_state_map(h[:, :8], labels, comps, {}, probe=probe)  # a probe of another hidden size
+    assert "No probe" in fig.layout.title.subtitle.text
+
+
+def test_trajectories_show_the_first_steps_and_all_on_demand(calibration, traces, probe):
+    h, labels, comps = calibration
+    fig = hidden_state_map(h, labels, comps, traces, probe=probe, steps=3)
+    for name in traces:
+        (line,) = _named(fig, f"{name} tokens")
+        assert list(line.text) == ["0", "1", "2"] and len(line.hovertext) == 3
+    assert "first 3 steps" in fig.layout.title.subtitle.text
+    fig = hidden_state_map(h, labels, comps, traces, probe=probe, steps=None)
+    assert len(_named(fig, "safesteer tokens")[0].x) == len(traces["safesteer"])
+    assert "first" not in fig.layout.title.subtitle.text
+    with pytest.raises(ValueError, match="steps"):
+        hidden_state_map(h, labels, comps, traces, steps=0)
