@@ -18,7 +18,7 @@ from safety_demo.data.examples import EXAMPLES, ensure_examples
 from safety_demo.inputs import LIMITS, InputError
 from safety_demo.methods import METHODS, Knob, knob_groups
 from safety_demo.models import DEFAULT_MODEL, model_choices
-from safety_demo.ui import notes
+from safety_demo.ui import instant, notes
 from safety_demo.ui import run as run_views
 from safety_demo.ui.session import UserFacingError, model, probe_for
 from safety_demo.viz.answer import ANSWER_CSS
@@ -37,6 +37,7 @@ except ImportError:  # pragma: no cover - depends on the host
 # Visitors share one batch per model (continuous batching), except on ZeroGPU, where the GPU
 # exists only inside each request's own call.
 SHARED_BATCH = not ZEROGPU and os.environ.get("SAFETY_DEMO_SHARED_BATCH", "1") == "1"
+INSTANT_EXAMPLES = os.environ.get("SAFETY_DEMO_INSTANT_EXAMPLES", "1") == "1"  # precompute the examples at start-up
 CONCURRENCY = int(os.environ.get("SAFETY_DEMO_CONCURRENCY", 4)) if SHARED_BATCH else 1
 
 log = logging.getLogger("safety_demo.app")
@@ -103,15 +104,31 @@ def generate(image, prompt, model_name, projection, method, *knob_values):
                 yield {**blank, legend: run_views.legend(step.probe),
                        status: step.notice + "Decoding every method in one batch per step (SafeCoDe's judge runs as extra rows)…"}
             elif isinstance(step, run_views.Finished):
-                yield {
-                    **_columns(step.columns, parts=step.parts), status: step.message, story: step.story, delta_plot: step.delta, map_plot: step.map,
-                    step_plot: step.step, step_rows: step.step_rows, step_slider: gr.update(maximum=max(step.steps - 1, 0), value=step.step_at),
-                    run_state: step.run, export_json: step.json_path, export_html: step.html_path,
-                }
+                yield _finished(step)
             elif update := _columns(step, shown):  # the columns: only what changed is sent
                 yield update
     except Exception as exc:
         raise _fail(exc)
+
+
+def _finished(done: run_views.Finished) -> dict:
+    """Every view of a finished run, live or precomputed."""
+    return {
+        **_columns(done.columns, parts=done.parts), status: done.message, story: done.story, delta_plot: done.delta, map_plot: done.map,
+        step_plot: done.step, step_rows: done.step_rows, step_slider: gr.update(maximum=max(done.steps - 1, 0), value=done.step_at),
+        run_state: done.run, export_json: done.json_path, export_html: done.html_path, legend: run_views.legend(done.run.probe),
+    }
+
+
+def show_example(image, prompt, model_name, projection, method, *knob_values):
+    """An example was clicked: its precomputed comparison at once, or a word on why there is none."""
+    try:
+        done = instant.show(image, prompt, model_name, list(knob_values), projection, method)
+    except Exception as exc:
+        raise _fail(exc)
+    if isinstance(done, str):  # not precomputed: the inputs are filled, the last run's columns stay
+        return {status: done}
+    return _finished(done)
 
 
 def inspect(run, method, step):
@@ -162,9 +179,9 @@ with gr.Blocks(title="safety_demo: safety-steering decoding, token by token", de
                             with gr.Row():
                                 controls += [_control(k) for k in knobs]
     gr.Markdown(notes.BUILTIN_NOTE)
-    gr.Examples(
+    examples = gr.Examples(
         example_rows, inputs=[image_in, prompt_in], example_labels=[e.name for e in EXAMPLES],
-        label="Examples (one click fills the inputs; press Generate)",
+        label="Examples (one click shows their three answers, precomputed; Generate runs them live)",
     )
 
     answers, stats, infos = {}, {}, {}
@@ -211,6 +228,12 @@ with gr.Blocks(title="safety_demo: safety-steering decoding, token by token", de
         preprocess=False,  # raw upload path: load_image checks it with clear messages
         concurrency_limit=CONCURRENCY,  # requests running at once: their rows share the model's one batch
     )
+    examples.load_input_event.then(
+        show_example, inputs=[image_in, prompt_in, model_in, projection_in, step_method, *controls],
+        outputs=[status, *answers.values(), *stats.values(), *infos.values(), story, delta_plot, map_plot,
+                 step_plot, step_rows, step_slider, run_state, export_json, export_html, legend],
+        api_name="show_example",
+    )
     step_method.change(inspect, inputs=[run_state, step_method, step_slider], outputs=[step_plot, step_rows])
     step_slider.release(inspect, inputs=[run_state, step_method, step_slider], outputs=[step_plot, step_rows])
     gr.on([projection_in.change, every_step_in.change], remap, inputs=[run_state, projection_in, every_step_in], outputs=[map_plot])
@@ -221,7 +244,8 @@ LAUNCH_OPTIONS = dict(max_file_size=f"{LIMITS.max_upload_mb}mb", show_error=True
 
 
 def warm_start(name: str = DEFAULT_MODEL) -> None:
-    """Load the default model and its probe and compile UMAP before the first click.
+    """Load the default model and its probe, compile UMAP and precompute the examples (those not
+    stored yet, about a minute on a 2-core CPU) before the first click.
 
     With SAFETY_DEMO_FIT_PROBES=1 the operator has a missing probe fitted here, at start-up;
     a visitor's request never fits one.
@@ -229,6 +253,9 @@ def warm_start(name: str = DEFAULT_MODEL) -> None:
     try:
         probe_for(model(name), fit_if_missing=os.environ.get("SAFETY_DEMO_FIT_PROBES") == "1")
         warm_up_umap()
+        if INSTANT_EXAMPLES:
+            computed = instant.precompute(name, shared=SHARED_BATCH)
+            log.info("examples precomputed: %s", ", ".join(computed) or "all were stored already")
     except Exception:  # the first request will report it properly
         log.exception("warm start failed")
 

@@ -120,14 +120,18 @@ def stream(started: Started, shared: bool = False) -> Iterator[dict[str, Column]
 
 def finish(started: Started, columns: dict[str, Column], projection: str | None = None, method: str | None = None) -> Finished:
     """Every view of the finished run, drawn with the projection and method the screen shows now."""
-    projection, method = projection or started.projection, method or started.method
     run = Run(started.model_name, {m: c.trace for m, c in columns.items() if c.trace is not None}, started.probe)
+    return finished(run, columns, projection or started.projection, method or started.method, started.notice)
+
+
+def finished(run: Run, columns: dict[str, Column], projection: str, method: str, notice: str = "") -> Finished:
+    """Every view of `run` (live or stored): the map, the deltas, the inspector at the parting step, exports."""
     parts = parting_steps(run.traces)
     step_at = parts.get(method) if parts.get(method) is not None else min((s for s in parts.values() if s is not None), default=0)
     figures = {"delta": contrastive_delta_figure(run.traces), "map": map_view(run, projection), "step": None}
     figures["step"], rows = step_view(run, method, step_at)
     json_path, html_path = export(run.traces, figures)
-    message = started.notice + "Done. Explore the views below."
+    message = notice + "Done. Explore the views below."
     if any(c.error for c in columns.values()):
         message += " ⚠️ A method failed; see its column."
     if any(c.trace is not None and c.trace.cut for c in columns.values()):

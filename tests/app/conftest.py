@@ -27,3 +27,22 @@ def knob_defaults():
     from safety_demo.methods import knob_values
 
     return knob_values()
+
+
+@pytest.fixture(scope="session")
+def fake_probe(app_url):
+    """A tiny probe for the fake model, so the fast app tests need no calibration pass."""
+    import numpy as np
+
+    from safety_demo.models import load_adapter
+    from safety_demo.probe import DecodingProbe
+
+    fake = load_adapter("fake")
+    D = fake.hidden_size
+    probe = DecodingProbe(fake.model_id, "test", np.zeros(D, np.float32), np.eye(4, D, dtype=np.float32),
+                          np.array([1, 0, 0, 0], np.float32), 0.0, np.eye(1, D, 1, dtype=np.float32)[0], np.zeros(D, np.float32))
+    from safety_demo.ui import session
+
+    session._PROBES[(fake.model_id, 4)] = probe
+    session._PROBES[(fake.model_id, "auto")] = probe
+    return probe

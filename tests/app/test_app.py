@@ -19,25 +19,6 @@ def _generate(client, knobs, image=FIGSTEP, prompt="What does the list say?", mo
     return dict(zip(OUTPUTS, result))
 
 
-@pytest.fixture(scope="module")
-def fake_probe(app_url):
-    """A tiny probe for the fake model, so the fast app tests need no calibration pass."""
-    import numpy as np
-
-    from safety_demo.models import load_adapter
-    from safety_demo.probe import DecodingProbe
-
-    fake = load_adapter("fake")
-    D = fake.hidden_size
-    probe = DecodingProbe(fake.model_id, "test", np.zeros(D, np.float32), np.eye(4, D, dtype=np.float32),
-                          np.array([1, 0, 0, 0], np.float32), 0.0, np.eye(1, D, 1, dtype=np.float32)[0], np.zeros(D, np.float32))
-    from safety_demo.ui import session
-
-    session._PROBES[(fake.model_id, 4)] = probe
-    session._PROBES[(fake.model_id, "auto")] = probe
-    return probe
-
-
 def test_full_generate_fills_three_columns_and_exports(client, knob_defaults, fake_probe):
     out = _generate(client, knob_values(max_new_tokens=12))
     for m in ("vanilla", "safecode", "safesteer"):

@@ -55,3 +55,39 @@ def test_generate_in_the_browser(browser, app_url):
     page.wait_for_selector("#map-plot .js-plotly-plot", timeout=60_000)
     page.locator("#map-plot").screenshot(path=str(OUT / "app-map.png"))
     page.close()
+
+
+def _answers_box(page, method):
+    return page.locator(f"#answer-{method}").bounding_box()
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_a_clicked_example_shows_at_once_and_the_layout_fits(browser, app_url, width):
+    """Click the guided example: its precomputed answers appear with no decode; at 390 px the
+    columns stack and nothing scrolls sideways, at 1280 px they sit side by side."""
+    from safety_demo.data.examples import EXAMPLES
+    from safety_demo.models import DEFAULT_MODEL
+    from safety_demo.ui import instant
+
+    example = EXAMPLES[0]
+    instant.precompute(DEFAULT_MODEL, [example])  # what the app does at start-up (stored after the first run)
+    page = browser.new_page(viewport={"width": width, "height": 844})
+    page.goto(app_url, wait_until="domcontentloaded")
+    page.wait_for_selector("#generate", timeout=60_000)
+    page.get_by_text(example.name).first.click()
+    page.wait_for_function(
+        "() => document.querySelector('#status') && document.querySelector('#status').innerText.includes('Precomputed')",
+        timeout=60_000,
+    )
+    texts = {m: page.locator(f"#answer-{m}").inner_text().strip() for m in ("vanilla", "safecode", "safesteer")}
+    assert all(texts.values()), texts
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= width  # no sideways scrolling
+    boxes = [_answers_box(page, m) for m in ("vanilla", "safecode", "safesteer")]
+    if width < 500:  # stacked: one above the other, each the screen's width
+        assert boxes[0]["y"] < boxes[1]["y"] < boxes[2]["y"] and all(b["x"] + b["width"] <= width for b in boxes)
+    else:  # side by side
+        assert boxes[0]["x"] < boxes[1]["x"] < boxes[2]["x"] and abs(boxes[0]["y"] - boxes[2]["y"]) < 5
+    OUT.mkdir(parents=True, exist_ok=True)
+    page.locator("#stats-vanilla").scroll_into_view_if_needed()
+    page.screenshot(path=str(OUT / f"app-example-{width}.png"), full_page=True)
+    page.close()
