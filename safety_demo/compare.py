@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from .decoding import Engine, GenerationConfig, Policy, Trace, VanillaPolicy, add_probe_scores
-from .decoding.engine import Decode, run_to_end
+from .decoding.engine import Decode, LaneCache, run_to_end
 from .methods import METHODS, default_configs, prepare
 from .inputs import InputError
 from .models.base import ModelLoadError, Request, VLMAdapter
@@ -40,17 +40,19 @@ class Column:
     done: bool = False
     error: str | None = None
     trace: Trace | None = None
+    cache: LaneCache | None = field(default=None, repr=False)  # the finished lane's KV, kept for branches (keep=True)
 
 
 def compare(
     adapter: VLMAdapter, request: Request, config: CompareConfig, probe: DecodingProbe | None = None, refresh: float = 0.0,
-    time_limit: float | None = None,
+    time_limit: float | None = None, keep: bool = False,
 ) -> Iterator[dict[str, Column]]:
     """Yield the columns as tokens arrive, at most once per `refresh` seconds (0: every token);
     the last yield has every trace, probe-scored. After `time_limit` seconds every column ends
-    with what it has (its trace says so in `cut`)."""
+    with what it has (its trace says so in `cut`). `keep`: each finished column holds its
+    lane's KV cache (`Column.cache`), so `branch` can go on from any of its steps."""
     engine = Engine(adapter, config.generation, isolate_errors=True)
-    run = _Run(adapter, request, config, probe, time_limit)
+    run = _Run(adapter, request, config, probe, time_limit, keep=keep)
     run.start(engine)
     last = 0.0
     for lane, event in engine.run():
@@ -69,8 +71,8 @@ class _Run:
     `prefix + method` (`prefix + method:caption` for a judge decode)."""
 
     def __init__(self, adapter: VLMAdapter, request: Request, config: CompareConfig, probe: DecodingProbe | None,
-                 time_limit: float | None = None, prefix: str = "") -> None:
-        self.adapter, self.request, self.config, self.probe = adapter, request, config, probe
+                 time_limit: float | None = None, prefix: str = "", keep: bool = False) -> None:
+        self.adapter, self.request, self.config, self.probe, self.keep = adapter, request, config, probe, keep
         self.engine: Engine | None = None  # set by `start`: its own engine, or a batch shared with other requests
         self.t0 = time.perf_counter()
         self.time_limit, self.prefix, self.stopped = time_limit, prefix, False
@@ -132,7 +134,8 @@ class _Run:
         return [n for n, c in self.columns.items() if not c.done] + list(self.preparing)
 
     def _add(self, lane: str, policy: Policy, request: Request, config: GenerationConfig | None = None) -> None:
-        self.engine.add(self.prefix + lane, policy, request, since=self.t0, config=config or self.config.generation)
+        keep = self.keep and lane in self.columns  # a method's lane, not a judge decode
+        self.engine.add(self.prefix + lane, policy, request, since=self.t0, config=config or self.config.generation, keep=keep)
 
     def _start_deferred(self) -> None:
         deferred, self.deferred = self.deferred, []
@@ -162,20 +165,51 @@ class _Run:
         col.done, col.error, col.seconds, col.note = True, message, time.perf_counter() - self.t0, ""
 
     def _update(self, col: Column, event) -> None:
-        if event.done:
-            trace = event.trace
-            if self.probe is not None:
-                add_probe_scores(trace, self.probe)
-            col.done, col.trace, col.text, col.error, col.note = True, trace, trace.text, trace.error, ""
-            col.seconds = trace.timings.total
-            probs = trace.scores.get("probe.score")
-            col.tokens = [(tok, None if probs is None else float(probs[i])) for i, tok in enumerate(trace.answer_tokens)]
-            return
-        col.text, col.n_tokens, col.note = event.text, event.step + 1, ""
-        col.seconds = time.perf_counter() - self.t0
-        if event.token_id in self.adapter.eos_token_ids:
-            return
-        score = None
-        if self.probe is not None and event.record.hidden is not None:
-            score = float(self.probe.prob(event.record.hidden))
-        col.tokens.append((event.piece, score))
+        update_column(col, event, self.adapter, self.probe, self.t0)
+
+
+def update_column(col: Column, event, adapter: VLMAdapter, probe: DecodingProbe | None, t0: float) -> None:
+    """One engine event into its column: a streamed token (with the probe's P), or the finished trace."""
+    if event.done:
+        trace = event.trace
+        if probe is not None:
+            add_probe_scores(trace, probe)
+        col.done, col.trace, col.text, col.error, col.note, col.cache = True, trace, trace.text, trace.error, "", event.cache
+        col.seconds = trace.timings.total
+        probs = trace.scores.get("probe.score")
+        col.tokens = [(tok, None if probs is None else float(probs[i])) for i, tok in enumerate(trace.answer_tokens)]
+        return
+    col.text, col.n_tokens, col.note = event.text, event.step + 1, ""
+    col.seconds = time.perf_counter() - t0
+    if event.token_id in adapter.eos_token_ids:
+        return
+    score = None
+    if probe is not None and event.record.hidden is not None:
+        score = float(probe.prob(event.record.hidden))
+    col.tokens.append((event.piece, score))
+
+
+def branch(
+    adapter: VLMAdapter, column: Column, step: int, token: int, probe: DecodingProbe | None = None, refresh: float = 0.0,
+) -> Iterator[Column]:
+    """`column`'s answer with `token` at `step` instead of its method's choice, decoded on by the
+    same method from the kept KV cache (no prefill); yields the branch's column as it fills.
+
+    The column must come from `compare(..., keep=True)` (or be a branch itself).
+    """
+    if column.cache is None:
+        raise InputError("This answer kept no cache to branch from: run it again, then branch.")
+    if not 0 <= step < len(column.cache.steps):
+        raise InputError(f"Step {step} is not in this answer (0 to {len(column.cache.steps) - 1}).")
+    if token not in column.cache.steps[step].candidate_ids:
+        raise InputError(f"Token id {token} was not a candidate at step {step}: pick one of the candidates the inspector lists.")
+    t0 = time.perf_counter()
+    engine = Engine(adapter, column.cache.config, isolate_errors=True)
+    engine.branch(column.method, column.cache, step, token, since=t0)
+    col = Column(column.method, tokens=list(column.tokens[:step]), n_tokens=step)
+    last = 0.0
+    for _, event in engine.run():
+        update_column(col, event, adapter, probe, t0)
+        if event.done or time.perf_counter() - last >= refresh:
+            last = time.perf_counter()
+            yield col

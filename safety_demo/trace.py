@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-ACTIONS = ("kept", "boosted", "suppressed", "forced", "reranked")
+ACTIONS = ("kept", "boosted", "suppressed", "forced", "reranked", "branched")  # branched: the user picked this token (a branch)
 
 # Per-step scalars (`Trace.scores[name]`, [T]) and per-candidate vectors (`Trace.candidate_scores`, [T, K]).
 CAPTURES: dict[str, str] = {

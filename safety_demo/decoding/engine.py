@@ -55,6 +55,7 @@ class StepEvent:
     done: bool = False
     trace: Trace | None = None
     record: StepRecord | None = field(default=None, repr=False)
+    cache: "LaneCache | None" = field(default=None, repr=False)  # on the done event of a lane added with keep=True
 
 
 def sample_token(logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator) -> int:
@@ -124,6 +125,30 @@ class Lane:
     t_prefilled: float = 0.0
     ttft: float | None = None
     error: str | None = None
+    alive: list[int] = field(default_factory=list)  # which of `requests` its current rows are (SafeCoDe drops row 1)
+    keep: bool = False  # keep its rows' KV caches as they leave, for branches (`LaneCache`)
+    kept: dict[int, tuple[DecodeState, int]] = field(default_factory=dict)  # request row -> its KV when it left, tokens in it
+    states: list[Any] = field(default_factory=list)  # the policy's state after each step
+    script: StepRecord | None = None  # a branch's first step: the user's token, fed without asking the policy
+    script_keep: tuple[int, ...] = ()  # the rows that go on after it
+    resume: list[DecodeState] | None = None  # a branch's rows, cut back to its step: they join without a prefill
+
+
+@dataclass
+class LaneCache:
+    """A finished lane, kept so a branch can go on from any of its steps without a prefill.
+
+    A row's KV cache only grows, so the copy taken when it left the batch holds every
+    earlier step too: dropping its last positions gives the cache before step s.
+    """
+
+    policy: Policy
+    requests: list[Request]
+    config: GenerationConfig
+    rows: dict[int, tuple[DecodeState, int]]  # request row (0 real, 1 noised) -> its KV when it left, answer tokens in it
+    steps: list[StepRecord]
+    states: list[Any]  # the policy's state after each step
+    h0: np.ndarray | None
 
 
 class Engine:
@@ -143,21 +168,44 @@ class Engine:
         self._ended: list[Lane] = []  # finished or failed, done event not yet sent
         self._stopping: dict[str | None, str] = {}  # lane (None: every lane) -> why it ends before the next step
 
-    def add(self, name: str, policy: Policy, request: Request, since: float | None = None, config: GenerationConfig | None = None) -> None:
+    def add(self, name: str, policy: Policy, request: Request, since: float | None = None, config: GenerationConfig | None = None,
+            keep: bool = False) -> None:
         """Queue a method; it joins the batch before the next step, at its own step 0.
 
-        `config` replaces the engine's for this lane (a judge's short greedy decode).
+        `config` replaces the engine's for this lane (a judge's short greedy decode). `keep`:
+        its done event carries a `LaneCache`, from which `branch` can go on at any step.
         """
         if name in self.lanes:
             raise ValueError(f"a lane named {name!r} is already running")
         config = config or self.config
-        lane = Lane(name, policy, [], torch.Generator().manual_seed(config.seed), since or time.perf_counter(), config)
+        lane = Lane(name, policy, [], torch.Generator().manual_seed(config.seed), since or time.perf_counter(), config, keep=keep)
         self.lanes[name] = lane
         try:
             lane.requests = policy.rows(request, config.seed)  # [real] or [real, noised]
+            lane.alive = list(range(len(lane.requests)))
             self._waiting.append(lane)
         except Exception as exc:
             self._fail(lane, exc)
+
+    def branch(self, name: str, cache: LaneCache, step: int, token: int, since: float | None = None) -> None:
+        """Queue a decode that takes `token` at `step` instead of the kept lane's own, then goes on
+        with the same method. It joins with the kept KV cut back to `step` (no prefill), the
+        rows the method was feeding there and the policy's state after that step; it samples
+        with its own generator, seeded from the seed and the step."""
+        if name in self.lanes:
+            raise ValueError(f"a lane named {name!r} is already running")
+        if not 0 <= step < len(cache.steps):
+            raise ValueError(f"step {step} is not in the kept answer (0 to {len(cache.steps) - 1})")
+        rows = [r for r, (_, n) in sorted(cache.rows.items()) if r == 0 or step < n]  # the noised row only inside SafeCoDe's window
+        lane = Lane(name, cache.policy, cache.requests, torch.Generator().manual_seed(cache.config.seed + step + 1),
+                    since or time.perf_counter(), cache.config, keep=True, alive=rows, h0=cache.h0)
+        lane.generated, lane.steps = [s.token_id for s in cache.steps[:step]], list(cache.steps[:step])
+        lane.states, lane.state = list(cache.states[:step]), cache.states[step]
+        lane.script = replace(cache.steps[step], token_id=token, token=self.adapter.token_texts([token])[0], action="branched", hidden=None)
+        lane.script_keep = tuple(i for i, r in enumerate(rows) if r == 0 or step + 1 < cache.rows[r][1])
+        lane.resume = [cache.rows[r][0].copy_rows([0]).drop_last(cache.rows[r][1] - step) for r in rows]  # copies: branch again later
+        self.lanes[name] = lane
+        self._waiting.append(lane)
 
     def stop(self, reason: str, lanes: list[str] | None = None) -> None:
         """End `lanes` (default: every lane) before the next step, each with the tokens it has (`trace.cut`)."""
@@ -195,8 +243,16 @@ class Engine:
     # -- the pieces of one step ---------------------------------------------------------------
 
     def _join_waiting(self) -> None:
-        """One prefill for the newcomers' distinct rows (SafeSteer shares vanilla's real row)."""
-        lanes, self._waiting = self._waiting, []
+        """One prefill for the newcomers' distinct rows (SafeSteer shares vanilla's real row);
+        branches join with their kept rows, no prefill."""
+        waiting, self._waiting = self._waiting, []
+        for lane in (w for w in waiting if w.resume is not None):
+            rows, lane.resume = lane.resume, None
+            joined = rows[0] if len(rows) == 1 else rows[0].concat(rows[1])
+            self.state = joined if self.state is None or not len(self.rows) else self.state.concat(joined)
+            lane.t_prefilled = time.perf_counter()
+            self.rows.add(lane.name, len(rows))
+        lanes = [w for w in waiting if w.script is None]
         if not lanes:
             return
         unique: list[Request] = []
@@ -221,6 +277,9 @@ class Engine:
 
     def _decide(self, lane: Lane) -> tuple[list[int], list[int]] | None:
         """Ask the policy; return (its rows to feed, their tokens), or None if it failed."""
+        if lane.script is not None:  # a branch's first step: the user's token on every row the method feeds
+            lane.token = lane.script.token_id
+            return list(range(len(lane.alive))), [lane.token] * len(lane.alive)
         try:
             view = View(len(lane.generated), lane.logits, lane.hidden, tuple(lane.generated), self.adapter.decode(lane.generated), lane.state, rng=lane.rng)
             d = lane.policy.step(view)
@@ -241,6 +300,10 @@ class Engine:
 
     def _advance(self, lane: Lane, out: ForwardOut, block: range, seconds: float) -> tuple[StepEvent | None, list[int]]:
         """Choose among candidates, record the step; return the event and the rows that go on."""
+        if lane.script is not None:  # a branch's first step: the record is the kept one with the user's token
+            record, rows, lane.script = lane.script, list(lane.script_keep), None
+            record.hidden = out.hidden[block[0]].float().cpu().numpy() if lane.config.keep_hidden else None
+            return self._commit(lane, out, block, rows, record, lane.state, seconds, lookahead=False)
         d, rows = lane.decision, list(range(len(block)))
         try:
             if d.lookahead is not None:
@@ -251,15 +314,30 @@ class Engine:
         except Exception as exc:
             self._fail(lane, exc)
             return None, []
+        record = _record(self.adapter, lane.logits[0], d, lane.token, out.hidden[block[rows[0]]], lane.config)
+        return self._commit(lane, out, block, rows, record, d.state, seconds, lookahead=d.lookahead is not None)
+
+    def _commit(self, lane: Lane, out: ForwardOut, block: range, rows: list[int], record: StepRecord, state: Any, seconds: float,
+                lookahead: bool) -> tuple[StepEvent, list[int]]:
+        """Append the step to the lane; keep the KV of rows that leave (for branches); say if it ends."""
         picked = [block[i] for i in rows]
-        record = _record(self.adapter, lane.logits[0], d, lane.token, out.hidden[picked[0]], lane.config)
         record.seconds = seconds
         lane.steps.append(record)
         lane.generated.append(lane.token)
-        lane.logits, lane.hidden, lane.state = out.logits[picked], out.hidden[picked], d.state
+        lane.states.append(state)
+        lane.logits, lane.hidden, lane.state = out.logits[picked], out.hidden[picked], state
         lane.ttft = lane.ttft if lane.ttft is not None else time.perf_counter() - lane.t_added
         event = StepEvent(len(lane.steps) - 1, lane.token, record.token, self.adapter.decode(lane.generated), record=record)
         stop = (lane.token in self.adapter.eos_token_ids and not lane.config.ignore_eos) or len(lane.generated) >= lane.config.max_new_tokens
+        before, lane.alive = lane.alive, (lane.alive if lookahead else [lane.alive[i] for i in rows])
+        if lane.keep:  # rows' KV only grows: the copy taken as a row leaves holds every earlier step
+            gone = [] if lookahead else [(r, block[i]) for i, r in enumerate(before) if i not in rows]
+            gone += [(r, b) for r, b in zip(lane.alive, picked)] if stop else []
+            try:
+                for r, b in gone:
+                    lane.kept[r] = (out.state.copy_rows([b]), len(lane.generated))
+            except ValueError:  # a cache that cannot be cut (sliding windows): no branches from this lane
+                lane.keep, lane.kept = False, {}
         if stop:
             self._ended.append(lane)
         return event, ([] if stop else rows)
@@ -291,7 +369,8 @@ class Engine:
         for lane in ended:
             trace = self._trace(lane)
             del self.lanes[lane.name]  # a long-lived engine (a shared batch) keeps only live lanes
-            yield lane.name, StepEvent(len(lane.steps), -1, "", trace.text, done=True, trace=trace)
+            cache = LaneCache(lane.policy, lane.requests, lane.config, lane.kept, lane.steps, lane.states, lane.h0) if 0 in lane.kept else None
+            yield lane.name, StepEvent(len(lane.steps), -1, "", trace.text, done=True, trace=trace, cache=cache)
 
     def _trace(self, lane: Lane) -> Trace:
         """The lane's steps stacked, with the run facts its policy's final state carries."""

@@ -8,6 +8,7 @@ adapter.
 """
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -84,6 +85,39 @@ class DecodeState:
             raise ValueError(f"states with different extras cannot be joined: {sorted(self.extras)} vs {sorted(other.extras)}")
         extras = {k: torch.cat([v, other.extras[k].to(v.device)]) for k, v in self.extras.items()}
         return DecodeState(cache=self.cache, attention_mask=mask, extras=extras)
+
+    def copy_rows(self, rows: Sequence[int]) -> "DecodeState":
+        """A new state holding copies of `rows`; this one is untouched (a lane's rows kept after
+        it leaves the batch, so a branch can go on from any of its steps)."""
+        layers = _plain_layers(self.cache)
+        cache = copy.copy(self.cache)
+        cache.layers = []
+        for layer in layers:
+            kept = copy.copy(layer)
+            index = torch.as_tensor(list(rows), dtype=torch.long, device=layer.keys.device)
+            kept.keys, kept.values = layer.keys[index].clone(), layer.values[index].clone()
+            cache.layers.append(kept)
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.attention_mask.device)
+        return DecodeState(cache, self.attention_mask[index].clone(), {k: v[index.to(v.device)].clone() for k, v in self.extras.items()})
+
+    def drop_last(self, n: int) -> "DecodeState":
+        """This state without its last `n` positions (the tokens after a branch point), in place."""
+        if n > 0:
+            for layer in _plain_layers(self.cache):
+                layer.keys, layer.values = layer.keys[..., :-n, :], layer.values[..., :-n, :]
+            self.attention_mask = self.attention_mask[:, :-n]
+        return self
+
+
+def _plain_layers(cache: object) -> list:
+    """The cache's layers, each with plain `keys` / `values` [B, H, T, d]; else a clear error."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise ValueError(f"a {type(cache).__name__} has no per-layer keys and values to copy or cut")
+    for layer in layers:
+        if getattr(layer, "is_sliding", False) or not isinstance(getattr(layer, "keys", None), torch.Tensor):
+            raise ValueError(f"cache layers of type {type(layer).__name__} cannot be copied or cut")
+    return list(layers)
 
 
 def _left_pad(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:

@@ -190,6 +190,23 @@ def test_shared_prefix_cache_equals_a_plain_forward(fast):
     assert len(fast._prefix_kv) >= 2  # the image turn's prefix and the text turn's, each computed once
 
 
+def test_a_branch_on_the_kept_cache_equals_the_decode_from_scratch(fast):
+    """The kept KV (prefix-cache rows included) cut back to step 2 goes on exactly as the first
+    decode did when the branch keeps the token, and as a fresh decode of that prefix when not."""
+    from safety_demo.decoding import Engine, GenerationConfig, SafeCoDePolicy
+
+    request = Request(figstep_image("Steps to plant a tree."), FIGSTEP_PROMPT)
+    config = GenerationConfig(max_new_tokens=6, ignore_eos=True)
+    engine = Engine(fast, config)
+    engine.add("safecode", SafeCoDePolicy.for_model(fast, verdict="safe", steps=4), request, keep=True)
+    (done,) = [e for _, e in engine.run() if e.done]
+    again = Engine(fast, config)
+    again.branch("b", done.cache, 2, int(done.trace.token_ids[2]))
+    (branched,) = [e for _, e in again.run() if e.done]
+    assert branched.trace.token_ids.tolist() == done.trace.token_ids.tolist()
+    torch.testing.assert_close(torch.tensor(branched.trace.raw_probs[3:]), torch.tensor(done.trace.raw_probs[3:]), atol=1e-4, rtol=1e-3)
+
+
 def test_index_select_repeats_and_keeps_rows(fast):
     """Candidates on a shared prefix: repeat a row k times, step k tokens, keep one."""
     out = fast.prefill([Request(white(), "Name a colour.")])

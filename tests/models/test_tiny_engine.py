@@ -38,3 +38,23 @@ def test_plumbing_self_judge_captions_then_judges_text_only(family):
 
     result = run_judge(load_tiny(family), REQ, caption_max_tokens=3, verdict_max_tokens=2)
     assert result.verdict in ("safe", "unsafe") and result.source in ("parsed", "unparsed-default-safe")
+
+
+@pytest.mark.parametrize("family", list(TINY_FAMILIES))
+def test_plumbing_a_branch_on_the_kept_cache_is_the_answer_again(family):
+    """Branches on each family's real cache classes (M-RoPE deltas in `extras` included): keeping
+    the token at step 2 gives the same answer; a family whose cache cannot be cut keeps none."""
+    from safety_demo.decoding import Engine
+
+    tiny = load_tiny(family)
+    config = GenerationConfig(max_new_tokens=5, ignore_eos=True)
+    engine = Engine(tiny, config)
+    engine.add("safecode", SafeCoDePolicy.for_model(tiny, verdict="safe", steps=4), REQ, keep=True)
+    (done,) = [e for _, e in engine.run() if e.done]
+    if done.cache is None:
+        assert any(getattr(layer, "is_sliding", False) for layer in getattr(tiny.prefill([REQ]).state.cache, "layers", []))
+        return
+    again = Engine(tiny, config)
+    again.branch("b", done.cache, 2, int(done.trace.token_ids[2]))
+    (branched,) = [e for _, e in again.run() if e.done]
+    assert branched.trace.token_ids.tolist() == done.trace.token_ids.tolist(), family
