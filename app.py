@@ -47,6 +47,14 @@ CSS = """
 """ + ANSWER_CSS
 
 
+# a click on a token of an answer (its span carries data-step) opens the step inspector there
+TOKEN_CLICK = (
+    "element.addEventListener('click', (e) => { const t = e.target.closest('[data-step]'); if (!t) return;"
+    " trigger('token', {step: Number(t.dataset.step)});"
+    " document.getElementById('views')?.scrollIntoView({behavior: 'smooth', block: 'start'}); });"
+)
+
+
 # ---------------------------------------------------------------- callbacks (one library call each)
 def _fail(exc: Exception) -> gr.Error:
     """Every failure reaches the user as one short sentence, never a traceback."""
@@ -117,6 +125,7 @@ def _finished(done: run_views.Finished) -> dict:
         **_columns(done.columns, parts=done.parts), status: done.message, story: done.story, delta_plot: done.delta, map_plot: done.map,
         step_plot: done.step, step_rows: done.step_rows, step_slider: gr.update(maximum=max(done.steps - 1, 0), value=done.step_at),
         run_state: done.run, export_json: done.json_path, export_html: done.html_path, legend: run_views.legend(done.run.probe),
+        branch_token: gr.update(choices=run_views.branch_choices(done.run, done.method, done.step_at), value=None),
     }
 
 
@@ -132,9 +141,26 @@ def show_example(image, prompt, model_name, projection, method, *knob_values):
 
 
 def inspect(run, method, step):
-    """Step inspector: one method, one step of the run in this session."""
+    """Step inspector: one method, one step of the run in this session, and the candidates a branch can take."""
     figure, rows = run_views.step_view(run, method, step)
-    return {step_plot: figure, step_rows: rows}
+    return {step_plot: figure, step_rows: rows, branch_token: gr.update(choices=run_views.branch_choices(run, method, step), value=None)}
+
+
+def open_step(method):
+    """A click on a token of `method`'s answer: the step inspector opens at that step."""
+    def handler(run, evt: gr.EventData):
+        step = int(evt.step)
+        return {**inspect(run, method, step), step_method: method, step_slider: step, views: gr.Tabs(selected="inspector")}
+    return handler
+
+
+def branch(run, method, step, token):
+    """Branch: the chosen candidate at this step, then the same method on, beside the original."""
+    try:
+        for b in run_views.branch(run, method, step, token):
+            yield {branch_original: b.original, branch_new: b.branch, branch_stats: b.stats}
+    except Exception as exc:
+        raise _fail(exc)
 
 
 def remap(run, projection, every_step):
@@ -190,22 +216,35 @@ with gr.Blocks(title="safety_demo: safety-steering decoding, token by token", de
             with gr.Column(elem_classes="answer-col"):
                 gr.Markdown(f"### {method.title}")
                 stats[m] = gr.Markdown("", elem_id=f"stats-{m}")
-                answers[m] = gr.HTML(elem_id=f"answer-{m}", elem_classes="answer-box")
+                answers[m] = gr.HTML(elem_id=f"answer-{m}", elem_classes="answer-box", js_on_load=TOKEN_CLICK)
                 infos[m] = gr.Markdown("", elem_id=f"info-{m}")
     legend = gr.Markdown(run_views.legend(None).rsplit(" No probe", 1)[0], elem_id="legend")
     story = gr.Markdown("", elem_id="walkthrough")
 
-    with gr.Tabs():
+    with gr.Tabs(elem_id="views") as views:
         with gr.Tab("Contrastive delta"):
             gr.Markdown(notes.DELTA)
             delta_plot = gr.Plot(elem_id="delta-plot")
-        with gr.Tab("Step inspector"):
+        with gr.Tab("Step inspector", id="inspector"):
             gr.Markdown(notes.INSPECTOR)
             with gr.Row():
                 step_method = gr.Radio([(m.title, m.name) for m in METHODS.values()], value=list(METHODS)[-1], label="Method", elem_id="step-method")
                 step_slider = gr.Slider(0, 1, value=0, step=1, label="Step (token index)")
             step_plot = gr.Plot(elem_id="step-plot")
             step_rows = gr.JSON(label="Candidates at this step")
+            gr.Markdown(notes.BRANCH)
+            with gr.Row():
+                # any value reaches the library, which refuses a token that was not a candidate at this step
+                branch_token = gr.Dropdown([], label="Take this candidate instead", allow_custom_value=True, elem_id="branch-token")
+                branch_btn = gr.Button("Decode the rest from here", elem_id="branch")
+            branch_stats = gr.Markdown(elem_id="branch-stats")
+            with gr.Row(equal_height=False):
+                with gr.Column(elem_classes="answer-col"):
+                    gr.Markdown("**Original**")
+                    branch_original = gr.HTML(elem_id="branch-original")
+                with gr.Column(elem_classes="answer-col"):
+                    gr.Markdown("**Branch**")
+                    branch_new = gr.HTML(elem_id="branch-new")
         with gr.Tab("Hidden-state map"):
             gr.Markdown(notes.MAP)
             with gr.Row():
@@ -216,14 +255,14 @@ with gr.Blocks(title="safety_demo: safety-steering decoding, token by token", de
             gr.Markdown("Download this run: every trace as JSON (tokens, candidates, probabilities, scores, judge, MSAV) and the figures as one HTML page.")
             export_json = gr.File(label="Trace (JSON)", elem_id="export-json")
             export_html = gr.File(label="Figures (HTML)", elem_id="export-html")
-    run_state = gr.State(None)  # the finished run (its traces and its model): every view reads it
+    run_state = gr.State(None, time_to_live=3600)  # the finished run (traces, model, kept KV for branches): every view reads it
 
     # ------------------------------------------------------------ listeners
     generate_btn.click(
         gpu(generate),
         inputs=[image_in, prompt_in, model_in, projection_in, step_method, *controls],
         outputs=[status, *answers.values(), *stats.values(), *infos.values(), story, delta_plot, map_plot,
-                 step_plot, step_rows, step_slider, run_state, export_json, export_html, legend],
+                 step_plot, step_rows, step_slider, run_state, export_json, export_html, legend, branch_token],
         api_name="generate",
         preprocess=False,  # raw upload path: load_image checks it with clear messages
         concurrency_limit=CONCURRENCY,  # requests running at once: their rows share the model's one batch
@@ -231,11 +270,16 @@ with gr.Blocks(title="safety_demo: safety-steering decoding, token by token", de
     examples.load_input_event.then(
         show_example, inputs=[image_in, prompt_in, model_in, projection_in, step_method, *controls],
         outputs=[status, *answers.values(), *stats.values(), *infos.values(), story, delta_plot, map_plot,
-                 step_plot, step_rows, step_slider, run_state, export_json, export_html, legend],
+                 step_plot, step_rows, step_slider, run_state, export_json, export_html, legend, branch_token],
         api_name="show_example",
     )
-    step_method.change(inspect, inputs=[run_state, step_method, step_slider], outputs=[step_plot, step_rows])
-    step_slider.release(inspect, inputs=[run_state, step_method, step_slider], outputs=[step_plot, step_rows])
+    # .input: the user's change only (a token click sets the method and the step together)
+    step_method.input(inspect, inputs=[run_state, step_method, step_slider], outputs=[step_plot, step_rows, branch_token])
+    step_slider.release(inspect, inputs=[run_state, step_method, step_slider], outputs=[step_plot, step_rows, branch_token])
+    for m in METHODS:  # a click on a token opens the inspector at its step
+        answers[m].token(open_step(m), inputs=[run_state], outputs=[step_plot, step_rows, branch_token, step_method, step_slider, views])
+    branch_btn.click(branch, inputs=[run_state, step_method, step_slider, branch_token], outputs=[branch_original, branch_new, branch_stats],
+                     api_name="branch", concurrency_limit=CONCURRENCY)
     gr.on([projection_in.change, every_step_in.change], remap, inputs=[run_state, projection_in, every_step_in], outputs=[map_plot])
 
 demo.queue(max_size=int(os.environ.get("SAFETY_DEMO_QUEUE", 16)), default_concurrency_limit=1)

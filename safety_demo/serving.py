@@ -46,12 +46,12 @@ class SharedBatch:
 
     def compare(
         self, request: Request, config: CompareConfig, probe: DecodingProbe | None = None, refresh: float = 0.0,
-        time_limit: float | None = None,
+        time_limit: float | None = None, keep: bool = False,
     ) -> Iterator[dict[str, Column]]:
         """`compare.compare`, with this request's lanes decoding in the shared batch."""
         inbox: queue.Queue = queue.Queue()
         with self._cond:
-            run = _Run(self.adapter, request, config, probe, time_limit, prefix=f"r{next(self._ids)}/")
+            run = _Run(self.adapter, request, config, probe, time_limit, prefix=f"r{next(self._ids)}/", keep=keep)
             self._inbox.append((run, inbox, refresh))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name=f"batch-{self.adapter.name}", daemon=True)

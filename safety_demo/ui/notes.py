@@ -29,3 +29,8 @@ tick *Every step* for the whole answer.
 ★ sits exactly where the probe's decision does. The y axis is the main direction of everything else, which is mostly
 *how* a request was composed. The top two PCs of h₀ separate the compositions, not harm: PCA, t-SNE and UMAP show that
 structure (t-SNE and UMAP keep neighbourhoods but distort distances; UMAP compiles on first use)."""
+
+BRANCH = """**Branch from this step.** Click any token of an answer (or pick a method and a step above), choose another
+candidate, and the same method decodes the rest from there, beside the original. It goes on from the run's kept
+KV cache: no new prefill, and SafeCoDe keeps its verdict and its noised row. Keeping the method's own token gives the
+same answer back."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from ..compare import Column, CompareConfig, compare
+from ..compare import branch as branch_column
 from ..explain import first_divergence, walkthrough
 from ..inputs import LIMITS, InputError, check_prompt_tokens, clean_prompt, invisible_count, load_image, shown
 from ..methods import METHODS, method_config, read_knobs, title
@@ -49,6 +50,7 @@ class Run:
     model_name: str
     traces: dict[str, Trace] = field(default_factory=dict)
     probe: DecodingProbe | None = None  # the probe the run used: the map's probe axis is its score
+    columns: dict[str, Column] = field(default_factory=dict)  # the finished columns, with their kept KV (branches)
 
 
 @dataclass
@@ -66,6 +68,7 @@ class Finished:
     parts: dict[str, int | None]  # method -> first step where its answer parts from vanilla's
     json_path: str
     html_path: str
+    method: str = "vanilla"  # the method the inspector shows
 
 
 def generate(
@@ -111,7 +114,7 @@ def stream(started: Started, shared: bool = False) -> Iterator[dict[str, Column]
     (`serving.SharedBatch`), instead of a batch of its own.
     """
     args = (started.request, started.config, started.probe)
-    knobs = dict(refresh=REFRESH_SECONDS, time_limit=LIMITS.max_request_seconds)
+    knobs = dict(refresh=REFRESH_SECONDS, time_limit=LIMITS.max_request_seconds, keep=True)  # keep: branches go on from the KV
     if shared:
         yield from shared_batch(started.adapter).compare(*args, **knobs)
     else:
@@ -120,7 +123,7 @@ def stream(started: Started, shared: bool = False) -> Iterator[dict[str, Column]
 
 def finish(started: Started, columns: dict[str, Column], projection: str | None = None, method: str | None = None) -> Finished:
     """Every view of the finished run, drawn with the projection and method the screen shows now."""
-    run = Run(started.model_name, {m: c.trace for m, c in columns.items() if c.trace is not None}, started.probe)
+    run = Run(started.model_name, {m: c.trace for m, c in columns.items() if c.trace is not None}, started.probe, columns)
     return finished(run, columns, projection or started.projection, method or started.method, started.notice)
 
 
@@ -138,7 +141,7 @@ def finished(run: Run, columns: dict[str, Column], projection: str, method: str,
         message += f" ⏱ The run reached its time limit ({LIMITS.max_request_seconds} s) and shows what it had."
     steps = max((len(t) for t in run.traces.values()), default=1)
     return Finished(run, columns, message, walkthrough(run.traces), figures["delta"], figures["map"], figures["step"], rows, steps,
-                    step_at, parts, json_path, html_path)
+                    step_at, parts, json_path, html_path, method)
 
 
 def parting_steps(traces: dict[str, Trace]) -> dict[str, int | None]:
@@ -182,6 +185,47 @@ def map_view(run: Run | None, projection: str, every_step: bool = False) -> Any:
         return empty_figure("Hidden-state map", "No calibration features for this model yet (fit the probe first).")
     _choose(projection, list(VIEWS), "Projection")
     return hidden_state_map(*calib, run.traces, method=projection, probe=run.probe, steps=None if every_step else TRAJECTORY_STEPS)
+
+
+def branch_choices(run: Run | None, method: str, step: int) -> list[tuple[str, int]]:
+    """The candidates `method` weighed at `step`, as (label, token id): what a branch can take instead."""
+    trace = (run.traces if run else {}).get(method)
+    if trace is None or not 0 <= int(step) < len(trace):
+        return []
+    i, chosen = int(step), int(trace.token_ids[int(step)])
+    return [(f"{tok!r}  ·  P {p:.2f}" + ("  (its choice)" if c == chosen else ""), int(c))
+            for c, tok, p in zip(trace.candidate_ids[i], trace.candidate_tokens[i], trace.policy_probs[i]) if c >= 0]
+
+
+@dataclass
+class Branched:
+    """A branch as it fills: the original answer and the branch, side by side."""
+
+    original: str  # HTML, the branch point outlined
+    branch: str  # HTML
+    stats: str
+
+
+def branch(run: Run | None, method: str, step: int, token: int | None) -> Iterator[Branched]:
+    """`method`'s answer with `token` at `step`, decoded on by the same method from the run's kept
+    KV cache (no prefill), streamed beside the original. Raises InputError with a sentence."""
+    column = (run.columns if run else {}).get(method)
+    if column is None or column.trace is None:
+        raise InputError("Run a generation first, then pick a step and a candidate to branch from.")
+    try:
+        token = int(token)
+    except (TypeError, ValueError):
+        raise InputError("Pick the candidate the branch takes at this step from the list.") from None
+    if column.cache is None:
+        raise InputError("This answer has no kept cache (a precomputed example, or a model whose cache cannot be cut): press Generate, then branch.")
+    step = int(step)
+    original = column_html(column, step)
+    adapter = model(run.model_name)
+    for col in branch_column(adapter, column, step, token, run.probe, refresh=REFRESH_SECONDS):
+        html = column_html(col, step) if col.done else answer_html(streamed_views(col.tokens), "")
+        taken = repr(col.trace.tokens[step]) if col.done and col.trace is not None and len(col.trace) > step else ""
+        stats = f"Branch at step {step}{' with ' + taken if taken else ''}: " + column_stats(col)
+        yield Branched(original, html, stats)
 
 
 def column_stats(col: Column) -> str:

@@ -38,6 +38,7 @@ class TokenView:
     candidates: int | None = None
     model_top: str | None = None  # the model's own top choice, when the method chose another
     parts: bool = False  # the first step where this answer parts from vanilla's
+    step: int | None = None  # its step: a click on it opens the step inspector there
 
 
 def harm_color(p: float | None) -> str:
@@ -51,7 +52,7 @@ def harm_color(p: float | None) -> str:
 
 def streamed_views(tokens: list[tuple[str, float | None]]) -> list[TokenView]:
     """While streaming: (text, P(harmful)) pairs, as `compare.Column.tokens` holds them."""
-    return [TokenView(text, p) for text, p in tokens]
+    return [TokenView(text, p, step=i) for i, (text, p) in enumerate(tokens)]
 
 
 def trace_views(trace: Trace, parts_at: int | None = None) -> list[TokenView]:
@@ -67,7 +68,7 @@ def trace_views(trace: Trace, parts_at: int | None = None) -> list[TokenView]:
         model_top = trace.candidate_tokens[i][list(ids).index(top)] if top != chosen else None
         views.append(TokenView(
             text, None if probs is None else float(probs[i]), trace.actions[i],
-            order.index(chosen) + 1 if chosen in order else None, len(order), model_top, parts_at == i,
+            order.index(chosen) + 1 if chosen in order else None, len(order), model_top, parts_at == i, i,
         ))
     return views
 
@@ -88,12 +89,15 @@ def _span(v: TokenView) -> str:
         card.append(v.action)
     if v.rank is not None:
         card.append(f"rank {v.rank} of {v.candidates}")
+    if v.step is not None:
+        card.append(f"step {v.step} (click: inspect it, branch from it)")
     if v.model_top is not None:
         card.append(f"model's own top choice: {html.escape(repr(v.model_top))}")
     if v.parts:
         card.append("first step where this answer parts from vanilla's")
+    step = f' data-step="{v.step}"' if v.step is not None else ""
     return (
-        f'<span class="{classes}" tabindex="0" style="background:{harm_color(v.p_harm)}">{html.escape(v.text)}'
+        f'<span class="{classes}" tabindex="0"{step} style="background:{harm_color(v.p_harm)}">{html.escape(v.text)}'
         f'<span class="card" role="tooltip">{" · ".join(card)}</span></span>'
     )
 

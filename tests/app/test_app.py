@@ -11,7 +11,7 @@ from safety_demo.methods import knob_values
 
 FIGSTEP = str(EXAMPLES_DIR / "figstep_drugs.png")
 OUTPUTS = ["status", "vanilla", "safecode", "safesteer", "stats_v", "stats_c", "stats_s", "info_v", "info_c", "info_s",
-           "story", "delta", "map", "step", "rows", "slider", "json", "html", "legend"]  # gr.State is not part of the API
+           "story", "delta", "map", "step", "rows", "slider", "json", "html", "legend", "branch_token"]  # gr.State is not part of the API
 
 
 def _generate(client, knobs, image=FIGSTEP, prompt="What does the list say?", model="fake", projection="PCA", method="safesteer"):
@@ -275,3 +275,44 @@ def test_an_upload_over_the_size_limit_is_refused(client, knob_defaults, fake_pr
     with pytest.raises(Exception):
         _generate(client, knob_defaults, image=str(big))
     assert _generate(client, knob_values(max_new_tokens=2))["vanilla"]  # still serving
+
+
+# ---- branching from a token -------------------------------------------------------------------
+def test_branch_goes_on_from_the_kept_cache_beside_the_original(client, fake_probe):
+    """Through the API, in one browser session: Generate, then branch vanilla at step 2."""
+    from safety_demo.ui import run as run_views
+
+    out = _generate(client, knob_values(max_new_tokens=8))
+    steps = json.loads(Path(out["json"]).read_text())["vanilla"]["steps"]
+    own, other = steps[2]["token_id"], steps[2]["candidates"][1]["token_id"]
+    assert other != own
+    original, branched, stats = client.predict("vanilla", 2, other, api_name="/branch")
+    assert "Branch at step 2" in stats and 'class="tok' in branched and 'parts"' in original
+    same = client.predict("vanilla", 2, own, api_name="/branch")[1]
+    assert _text(same) == _text(out["vanilla"])  # keeping the method's own token gives the answer back
+    assert _text(branched) != _text(out["vanilla"])
+    # the library call behind it refuses what it cannot do, in one sentence
+    with pytest.raises(Exception, match="Run a generation first"):
+        next(run_views.branch(None, "vanilla", 2, other))
+    with pytest.raises(Exception, match="no kept cache"):
+        next(run_views.branch(run_views.Run("fake", {"vanilla": run_views.Trace.from_dict(json.loads(Path(out["json"]).read_text())["vanilla"])},
+                                            None, {"vanilla": run_views.Column("vanilla", trace=run_views.Trace.from_dict(
+                                                json.loads(Path(out["json"]).read_text())["vanilla"]))}), "vanilla", 2, other))
+
+
+def _text(answer_html: str) -> str:
+    """The visible text of an answer: each token span's own text, cards left out."""
+    import re
+
+    return "".join(re.findall(r'<span class="tok[^"]*"[^>]*>(.*?)<span class="card"', answer_html))
+
+
+def test_branch_candidates_follow_the_inspector(fake_probe):
+    from safety_demo.ui import run as run_views
+
+    *_, finished = run_views.generate(FIGSTEP, "What does the list say?", "fake", knob_values(max_new_tokens=6))
+    choices = run_views.branch_choices(finished.run, "safecode", 1)
+    trace = finished.run.traces["safecode"]
+    assert [c for _, c in choices] == [int(c) for c in trace.candidate_ids[1] if c >= 0]
+    assert sum("(its choice)" in label for label, _ in choices) == 1
+    assert run_views.branch_choices(finished.run, "safecode", 99) == [] and run_views.branch_choices(None, "safecode", 0) == []

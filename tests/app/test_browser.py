@@ -51,6 +51,19 @@ def test_generate_in_the_browser(browser, app_url):
     page.screenshot(path=str(OUT / "app-answers.png"), full_page=False)
     page.locator("#walkthrough").scroll_into_view_if_needed()
     page.screenshot(path=str(OUT / "app-full.png"), full_page=True)
+    # click a token of vanilla's answer: the inspector opens at its step; branch there with another candidate
+    page.locator("#answer-vanilla [data-step='2']").click()
+    page.wait_for_function("() => document.querySelector('#step-plot') && document.querySelector('#step-plot').textContent.includes('Step 2:')",
+                           timeout=30_000)  # the inspector's tab opened at the clicked step
+    page.locator("#branch-token input").click()
+    page.get_by_role("option").nth(1).click()
+    page.locator("#branch").click()
+    page.wait_for_function(
+        "() => document.querySelector('#branch-stats') && document.querySelector('#branch-stats').innerText.includes('tok/s')", timeout=120_000)
+    assert page.locator("#branch-new").inner_text().strip() and page.locator("#branch-original").inner_text().strip()
+    assert "Branch at step 2" in page.locator("#branch-stats").inner_text()
+    page.locator("#branch-stats").scroll_into_view_if_needed()
+    page.screenshot(path=str(OUT / "app-branch.png"), full_page=False)
     page.get_by_role("tab", name="Hidden-state map").click()
     page.wait_for_selector("#map-plot .js-plotly-plot", timeout=60_000)
     page.locator("#map-plot").screenshot(path=str(OUT / "app-map.png"))

@@ -13,7 +13,7 @@ from safety_demo.ui import run as run_views
 
 FLOWER = next(e for e in EXAMPLES if e.file == "flower.jpg")
 OUTPUTS = ["status", "vanilla", "safecode", "safesteer", "stats_v", "stats_c", "stats_s", "info_v", "info_c", "info_s",
-           "story", "delta", "map", "step", "rows", "slider", "json", "html", "legend"]
+           "story", "delta", "map", "step", "rows", "slider", "json", "html", "legend", "branch_token"]
 
 
 @pytest.fixture
