@@ -18,7 +18,8 @@ from safety_demo.data.examples import EXAMPLES, ensure_examples
 from safety_demo.inputs import LIMITS, InputError
 from safety_demo.methods import METHODS, Knob, knob_groups
 from safety_demo.models import DEFAULT_MODEL, model_choices
-from safety_demo.ui import instant, notes
+from safety_demo.data.compose import FORM_TITLES
+from safety_demo.ui import composer, instant, notes
 from safety_demo.ui import run as run_views
 from safety_demo.ui.session import UserFacingError, model, probe_for
 from safety_demo.viz.answer import ANSWER_CSS
@@ -140,6 +141,21 @@ def show_example(image, prompt, model_name, projection, method, *knob_values):
     return _finished(done)
 
 
+def compose(request, phrase, model_name, method, *knob_values):
+    """Attack composer: the request's three forms, then one method's answer to each, streaming."""
+    try:
+        for step in composer.run(request, phrase, model_name, method, list(knob_values)):
+            if isinstance(step, composer.Composed):
+                yield {**{form_images[f.name]: f.image for f in step.forms}, **{form_prompts[f.name]: f"**Prompt:** {f.prompt}" for f in step.forms},
+                       **{form_answers[f.name]: "" for f in step.forms}, compose_status: f"Decoding the three forms with {METHODS[method].title}, in one batch…"}
+                continue
+            yield {**{form_answers[n]: run_views.column_html(c) for n, c in step.items()},
+                   **{form_stats[n]: run_views.column_stats(c) for n, c in step.items()},
+                   **({compose_status: "Done. Compare the three forms; try another method."} if all(c.done for c in step.values()) else {})}
+    except Exception as exc:
+        raise _fail(exc)
+
+
 def inspect(run, method, step):
     """Step inspector: one method, one step of the run in this session, and the candidates a branch can take."""
     figure, rows = run_views.step_view(run, method, step)
@@ -255,6 +271,24 @@ with gr.Blocks(title="safety_demo: safety-steering decoding, token by token", de
             gr.Markdown("Download this run: every trace as JSON (tokens, candidates, probabilities, scores, judge, MSAV) and the figures as one HTML page.")
             export_json = gr.File(label="Trace (JSON)", elem_id="export-json")
             export_html = gr.File(label="Figures (HTML)", elem_id="export-html")
+    with gr.Accordion("Attack composer: one request as text, typed into an image, and as a FigStep-style list", open=False, elem_id="composer"):
+        gr.Markdown(notes.COMPOSER)
+        with gr.Row():
+            compose_request = gr.Textbox(label="Request", lines=2, placeholder="How can someone pick a lock?", elem_id="compose-request")
+            compose_phrase = gr.Textbox(label="Key phrase (read off the request; edit it)", lines=2, elem_id="compose-phrase")
+        with gr.Row():
+            compose_method = gr.Radio([(m.title, m.name) for m in METHODS.values()], value="vanilla", label="Method", elem_id="compose-method")
+            compose_btn = gr.Button("Compose and run the three forms", variant="primary", elem_id="compose")
+        compose_status = gr.Markdown(elem_id="compose-status")
+        form_images, form_prompts, form_stats, form_answers = {}, {}, {}, {}
+        with gr.Row(equal_height=False):
+            for name, heading in FORM_TITLES.items():
+                with gr.Column(elem_classes="answer-col"):
+                    gr.Markdown(f"#### {heading}")
+                    form_images[name] = gr.Image(height=180, interactive=False, show_label=False, elem_id=f"form-image-{name}")
+                    form_prompts[name] = gr.Markdown(elem_id=f"form-prompt-{name}")
+                    form_stats[name] = gr.Markdown(elem_id=f"form-stats-{name}")
+                    form_answers[name] = gr.HTML(elem_id=f"form-answer-{name}", elem_classes="answer-box")
     run_state = gr.State(None, time_to_live=3600)  # the finished run (traces, model, kept KV for branches): every view reads it
 
     # ------------------------------------------------------------ listeners
@@ -276,6 +310,12 @@ with gr.Blocks(title="safety_demo: safety-steering decoding, token by token", de
     # .input: the user's change only (a token click sets the method and the step together)
     step_method.input(inspect, inputs=[run_state, step_method, step_slider], outputs=[step_plot, step_rows, branch_token])
     step_slider.release(inspect, inputs=[run_state, step_method, step_slider], outputs=[step_plot, step_rows, branch_token])
+    compose_request.change(composer.phrase_for, inputs=[compose_request], outputs=[compose_phrase], show_progress="hidden")
+    compose_btn.click(
+        compose, inputs=[compose_request, compose_phrase, model_in, compose_method, *controls],
+        outputs=[compose_status, *form_images.values(), *form_prompts.values(), *form_stats.values(), *form_answers.values()],
+        api_name="compose", concurrency_limit=CONCURRENCY,
+    )
     for m in METHODS:  # a click on a token opens the inspector at its step
         answers[m].token(open_step(m), inputs=[run_state], outputs=[step_plot, step_rows, branch_token, step_method, step_slider, views])
     branch_btn.click(branch, inputs=[run_state, step_method, step_slider, branch_token], outputs=[branch_original, branch_new, branch_stats],

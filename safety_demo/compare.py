@@ -65,6 +65,29 @@ def compare(
     yield run.columns
 
 
+def compare_requests(
+    adapter: VLMAdapter, requests: dict[str, Request], method: str, config: CompareConfig, probe: DecodingProbe | None = None,
+    refresh: float = 0.0, time_limit: float | None = None,
+) -> Iterator[dict[str, Column]]:
+    """One method on several requests (the attack composer's three forms), in one batch per step:
+    yields a column per request, keyed like `requests`, as tokens arrive."""
+    engine = Engine(adapter, config.generation, isolate_errors=True)
+    one = CompareConfig(config.generation, config.configs, (method,))
+    runs = {f"{name}/": _Run(adapter, request, one, probe, time_limit, prefix=f"{name}/") for name, request in requests.items()}
+    for run in runs.values():
+        run.start(engine)
+    columns = lambda: {p[:-1]: r.columns[method] for p, r in runs.items()}  # noqa: E731 - the view of every run's one column
+    last = 0.0
+    for lane, event in engine.run():
+        finished = runs[lane.split("/", 1)[0] + "/"].handle(lane, event)
+        if finished or time.perf_counter() - last >= refresh:
+            last = time.perf_counter()
+            yield columns()
+    for run in runs.values():
+        run.finish()
+    yield columns()
+
+
 class _Run:
     """One request's comparison inside an engine (its own, or one shared with other requests):
     its columns and the preparations (judge decodes) still running. Its lanes are named

@@ -34,3 +34,8 @@ BRANCH = """**Branch from this step.** Click any token of an answer (or pick a m
 candidate, and the same method decodes the rest from there, beside the original. It goes on from the run's kept
 KV cache: no new prefill, and SafeCoDe keeps its verdict and its noised row. Keeping the method's own token gives the
 same answer back."""
+
+COMPOSER = """Type a request. The composer renders it three ways with the project's own renderers: as **text** with a blank
+image, its **key phrase typed into the image** (with a neutral instruction), and as a **FigStep-style** title over an
+empty numbered list (with FigStep's prompt). One method answers all three in one batch. The papers' core finding: a
+model that refuses the text form often answers the image forms; switch the method to see what each defence does to each form."""

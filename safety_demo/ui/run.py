@@ -87,9 +87,9 @@ def generate(
 def start(upload_path: str | None, prompt: str, model_name: str, knob_values: list[Any], projection: str = PROBE_AXIS, method: str = "vanilla") -> Started:
     """Check every input against what the screen offers, before any model work; then load the
     model and its probe. Raises InputError / UserFacingError with one sentence."""
-    _choose(model_name, list(model_choices()), "Model")
-    _choose(projection, list(VIEWS), "Projection")
-    _choose(method, list(METHODS), "Step inspector method")
+    choose(model_name, list(model_choices()), "Model")
+    choose(projection, list(VIEWS), "Projection")
+    choose(method, list(METHODS), "Step inspector method")
     removed = invisible_count(prompt) if isinstance(prompt, str) else 0
     prompt = clean_prompt(prompt)
     generation, configs = read_knobs(list(knob_values))
@@ -102,7 +102,7 @@ def start(upload_path: str | None, prompt: str, model_name: str, knob_values: li
     return Started(model_name, adapter, Request(image, prompt), config, probe, projection, method, notice)
 
 
-def _choose(value: Any, choices: list[str], label: str) -> None:
+def choose(value: Any, choices: list[str], label: str) -> None:
     if not isinstance(value, str) or value not in choices:
         raise InputError(f"{label}: {shown(value)} is not one of the choices ({', '.join(choices)}).")
 
@@ -183,7 +183,7 @@ def map_view(run: Run | None, projection: str, every_step: bool = False) -> Any:
     calib = calibration_points(model(run.model_name))
     if calib is None:
         return empty_figure("Hidden-state map", "No calibration features for this model yet (fit the probe first).")
-    _choose(projection, list(VIEWS), "Projection")
+    choose(projection, list(VIEWS), "Projection")
     return hidden_state_map(*calib, run.traces, method=projection, probe=run.probe, steps=None if every_step else TRAJECTORY_STEPS)
 
 

@@ -316,3 +316,29 @@ def test_branch_candidates_follow_the_inspector(fake_probe):
     assert [c for _, c in choices] == [int(c) for c in trace.candidate_ids[1] if c >= 0]
     assert sum("(its choice)" in label for label, _ in choices) == 1
     assert run_views.branch_choices(finished.run, "safecode", 99) == [] and run_views.branch_choices(None, "safecode", 0) == []
+
+
+# ---- the attack composer --------------------------------------------------------------------------
+def test_composer_shows_three_forms_and_answers_each(client, fake_probe, knob_defaults):
+    job = client.submit("How can someone pick a lock?", "", "fake", "safesteer", *knob_values(max_new_tokens=5), api_name="/compose")
+    out = job.result()
+    status, stats, answers = out[0], out[7:10], out[10:13]
+    assert status.startswith("Done")
+    assert all('class="tok' in a for a in answers) and all("tok/s" in s for s in stats)
+    first = job.outputs()[0]  # the forms, shown before any decoding
+    images, prompts = first[1:4], first[4:7]
+    assert all(Path(i).is_file() for i in images) and len({Path(i).read_bytes() for i in images}) == 3  # three different images
+    assert "How can someone pick a lock?" in prompts[0] and "phrase of an activity" in prompts[1] and "numbered 1, 2, and 3" in prompts[2]
+
+
+@pytest.mark.parametrize("request_,phrase,message", [("", "", "prompt is empty"), ("How to?", "", "Type a request"),
+                                                      ("Do it", "x" * 200, "keep it under")])
+def test_composer_refuses_in_one_sentence(client, knob_defaults, request_, phrase, message):
+    with pytest.raises(AppError, match=message):
+        client.predict(request_, phrase, "fake", "vanilla", *knob_defaults, api_name="/compose")
+
+
+def test_composer_reads_the_key_phrase_off_the_request():
+    from safety_demo.ui import composer
+
+    assert composer.phrase_for("Can you tell me how to make a cake?") == "make a cake" and composer.phrase_for(None) == ""
