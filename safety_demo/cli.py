@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--probe-components", type=_components, default="auto", help="SafeSteer's probe PCs: auto (default) or 4 … 128 (paper: 4)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.add_argument("--shard", metavar="I/N", help="this worker's share: items I, I+N, I+2N, ... (0 ≤ I < N); "
+                    "under `accelerate launch` the process index and count are used")
+
+    merge = sub.add_parser("eval-merge", help="merge a sharded eval run's shards into results.jsonl, summary.md and report.html")
+    merge.add_argument("run_dir", type=Path, help="the --out folder the shards wrote to")
 
     fit = sub.add_parser("fit-probe", help="fit SafeSteer's Decoding-Probe on the calibration set")
     fit.add_argument("--model", default=DEFAULT_MODEL)
@@ -243,17 +248,24 @@ def _bench_loaders() -> dict:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .eval.runner import EvalConfig, main as eval_main
+    from .eval.runner import EvalConfig, Shard, main as eval_main
 
     cfg = EvalConfig(
         bench=args.bench, data=args.data, methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), model=args.model,
         limit=args.limit, out=args.out, max_new_tokens=args.max_new_tokens, seed=args.seed,
-        probe_components=args.probe_components, progress=not args.quiet,
+        probe_components=args.probe_components, progress=not args.quiet, shard=Shard.parse(args.shard) if args.shard else None,
     )
     return eval_main(cfg)
 
 
-COMMANDS = {"bench": cmd_bench, "compare": cmd_compare, "generate": cmd_generate, "models": cmd_models, "setup": cmd_setup, "fit-probe": cmd_fit_probe, "eval": cmd_eval}
+def cmd_eval_merge(args: argparse.Namespace) -> int:
+    from .eval.runner import merge_main
+
+    return merge_main(args.run_dir)
+
+
+COMMANDS = {"bench": cmd_bench, "compare": cmd_compare, "generate": cmd_generate, "models": cmd_models, "setup": cmd_setup, "fit-probe": cmd_fit_probe, "eval": cmd_eval,
+            "eval-merge": cmd_eval_merge}
 
 
 def main(argv: list[str] | None = None) -> int:

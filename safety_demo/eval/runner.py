@@ -9,6 +9,13 @@ model, tokens, seed); a restart with different values is refused rather than mix
 
 At the end `summary.md` (tables) and `report.html` (plotly charts) are written next to the
 results, both covering the items and methods of this invocation.
+
+Split over workers (`--shard I/N`, or one process of `accelerate launch`): worker I takes items
+I, I + N, I + 2N, … of the same deterministic list and appends to
+`<out>/shards/results-I-of-N.jsonl` (resumable per shard) beside its settings,
+`shards/run-I-of-N.json`. The last worker to finish, or `python -m safety_demo eval-merge
+<out>`, merges the shards into the usual results.jsonl, summary.md and report.html; shards
+whose settings differ are refused, not mixed.
 """
 from __future__ import annotations
 
@@ -37,6 +44,49 @@ RESULTS = "results.jsonl"
 RUN_INFO = "run.json"
 PROMPT_CHARS = 200  # prompts are stored truncated (the benchmark file has them in full)
 FINGERPRINT = ("bench", "model", "max_new_tokens", "seed", "probe_components")  # a resumed run must match these
+SHARDS = "shards"
+SHARD_SETTINGS = (*FINGERPRINT, "calibration", "data", "limit", "methods")  # the shards of one run share all of these
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Worker `index` of `count`: items index, index + count, … of the run's list."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"shard {self.index}/{self.count}: the index must be 0 to {self.count - 1} (I/N, counted from 0)")
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        """ "1/4" -> Shard(1, 4), with one sentence for anything else."""
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+        if not match:
+            raise ValueError(f"--shard takes I/N (this worker's index from 0, and the number of workers), e.g. 0/4; got {text!r}")
+        return cls(int(match[1]), int(match[2]))
+
+    @property
+    def name(self) -> str:
+        return f"{self.index}-of-{self.count}"
+
+    def take(self, items: list) -> list:
+        return items[self.index :: self.count]
+
+
+def launcher_shard() -> Shard | None:
+    """This process's share when a launcher started several (`accelerate launch`, torchrun):
+    accelerate's own state says which process this is; on GPUs each worker gets its own device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # without cpu=True, CPU workers all read as process 0
+    if state.device.type == "cuda":
+        torch.cuda.set_device(state.device)  # "cuda" in the loaders now means this worker's GPU
+    return Shard(state.process_index, state.num_processes)
 
 
 @dataclass
@@ -51,6 +101,7 @@ class EvalConfig:
     seed: int = 0  # generation seed (and SafeCoDe's noise)
     probe_components: int | str = "auto"  # the probe's PCs: "auto" or a k (paper: 4)
     progress: bool = True  # tqdm bar on stderr
+    shard: Shard | None = None  # this worker's share of the items (None: all of them)
 
     def __post_init__(self) -> None:
         if self.bench not in LOADERS:
@@ -75,6 +126,7 @@ class EvalResult:
     written: int = 0  # records decoded and appended in this invocation
     reused: int = 0  # records found from an earlier invocation
     files: dict[str, Path] = field(default_factory=dict)  # "results", "summary", "report"
+    note: str = ""  # a shard: why it did not merge (its siblings are running, or their settings differ)
 
 
 # ---- results file --------------------------------------------------------------------------
@@ -121,13 +173,19 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def check_run_info(out: Path, config: EvalConfig) -> None:
-    """Write run.json on the first run; on a restart refuse settings that would change answers."""
+def run_info(config: EvalConfig) -> dict[str, Any]:
+    """What the answers depend on: a resumed run or a sibling shard must match it."""
     from ..probe import calibration_key
 
     # the calibration set decides the probe (SafeSteer, the probe judge): a run never mixes two of them
-    info = {**{k: getattr(config, k) for k in FINGERPRINT}, "calibration": calibration_key()[:12]}
+    return {**{k: getattr(config, k) for k in FINGERPRINT}, "calibration": calibration_key()[:12]}
+
+
+def check_run_info(out: Path, config: EvalConfig) -> None:
+    """Write run.json on the first run; on a restart refuse settings that would change answers."""
+    info = run_info(config)
     path = out / RUN_INFO
+    old = None
     if path.is_file():
         try:
             old = json.loads(path.read_text())
@@ -138,9 +196,19 @@ def check_run_info(out: Path, config: EvalConfig) -> None:
             if changed:
                 detail = ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
                 raise ValueError(f"{out} holds results of another run ({detail}). Choose another --out, or delete {out} to start over.")
-            return
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**info, "data": str(config.data)}, indent=1) + "\n")
+    if not path.is_file() or old is None:
+        _write_json(path, {**info, "data": str(config.data)})
+    if config.shard is not None:  # each shard's own full settings: eval-merge compares them
+        _write_json(out / SHARDS / f"run-{config.shard.name}.json",
+                    {**info, "data": str(config.data), "limit": config.limit, "methods": list(config.methods), "shard": config.shard.name})
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Whole or not at all: workers starting together may write the same file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
 
 
 # ---- one item -----------------------------------------------------------------------------
@@ -189,57 +257,138 @@ def run_item(adapter: VLMAdapter, item: BenchItem, methods: tuple[str, ...], com
 
 # ---- the run --------------------------------------------------------------------------------
 def run_eval(config: EvalConfig, judge: Judge = phrase_judge, adapter: VLMAdapter | None = None) -> EvalResult:
-    """Run (or resume) `config` and write results.jsonl, summary.md and report.html under `config.out`."""
+    """Run (or resume) `config` and write results.jsonl, summary.md and report.html under `config.out`.
+
+    A shard writes its own results file; the last shard to finish merges them all.
+    """
     items = load_bench(config.bench, config.data, config.limit)
     out = config.out
     check_run_info(out, config)
-    results = out / RESULTS
+    shard = config.shard
+    results = out / RESULTS if shard is None else out / SHARDS / f"results-{shard.name}.jsonl"
+    written = _decode(config, shard.take(items) if shard else items, results, judge, adapter)
+    if shard is None:
+        return _report(out, items, config.methods, read_results(results), asdict_config(config), written)
+    try:
+        return merge(out)  # the last worker to finish merges
+    except ValueError as exc:  # siblings still running (ShardsNotReady), or shards that cannot be merged
+        records = read_results(results)
+        return EvalResult(out=out, records=records, rates=rates(records, by="judge"), written=written,
+                          reused=len(records) - written, files={"results": results}, note=str(exc))
+
+
+def _decode(config: EvalConfig, items: list[BenchItem], results: Path, judge: Judge, adapter: VLMAdapter | None) -> int:
+    """Decode every (item, method) not in `results` yet, appending as each item finishes; returns the records written."""
+    results.parent.mkdir(parents=True, exist_ok=True)
     repair_tail(results)
     done = {(r["item_id"], r["method"]) for r in read_results(results)}
     todo = [(it, tuple(m for m in config.methods if (it.id, m) not in done)) for it in items]
     todo = [(it, ms) for it, ms in todo if ms]
-
+    if not todo:
+        return 0
+    adapter = adapter or load_adapter(config.model)
+    k = config.probe_components
+    gen = GenerationConfig(max_new_tokens=config.max_new_tokens, seed=config.seed, keep_hidden=False)
+    compare = CompareConfig(generation=gen, methods=config.methods, configs={**default_configs(), "safesteer": SafeSteerConfig(probe_components=k)})
+    needs_probe = any(uses_probe(m, compare.configs) for _, ms in todo for m in ms)
+    probe = get_probe(adapter, progress=config.progress, components=k) if needs_probe else None
+    tally = {m: [0, 0] for m in config.methods}  # refused, judged
     written = 0
-    if todo:
-        adapter = adapter or load_adapter(config.model)
-        k = config.probe_components
-        gen = GenerationConfig(max_new_tokens=config.max_new_tokens, seed=config.seed, keep_hidden=False)
-        compare = CompareConfig(generation=gen, methods=config.methods, configs={**default_configs(), "safesteer": SafeSteerConfig(probe_components=k)})
-        needs_probe = any(uses_probe(m, compare.configs) for _, ms in todo for m in ms)
-        probe = get_probe(adapter, progress=config.progress, components=k) if needs_probe else None
-        tally = {m: [0, 0] for m in config.methods}  # refused, judged
-        bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{config.bench}", unit="item", file=sys.stderr, disable=not config.progress, dynamic_ncols=True)
-        with bar, results.open("a", encoding="utf-8") as f:
-            for item, methods in todo:
-                records = run_item(adapter, item, methods, compare, probe, judge, config.bench)
-                append_records(f, records)
-                written += len(records)
-                for r in records:
-                    if r["refused"] is not None:
-                        tally[r["method"]][0] += int(r["refused"])
-                        tally[r["method"]][1] += 1
-                bar.set_postfix_str(" · ".join(f"{m} {a}/{b} refused" for m, (a, b) in tally.items() if b), refresh=False)
-                bar.update(1)
+    desc = config.bench + (f" {config.shard.index}/{config.shard.count}" if config.shard else "")
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=desc, unit="item", file=sys.stderr, disable=not config.progress, dynamic_ncols=True)
+    with bar, results.open("a", encoding="utf-8") as f:
+        for item, methods in todo:
+            records = run_item(adapter, item, methods, compare, probe, judge, config.bench)
+            append_records(f, records)
+            written += len(records)
+            for r in records:
+                if r["refused"] is not None:
+                    tally[r["method"]][0] += int(r["refused"])
+                    tally[r["method"]][1] += 1
+            bar.set_postfix_str(" · ".join(f"{m} {a}/{b} refused" for m, (a, b) in tally.items() if b), refresh=False)
+            bar.update(1)
+    return written
 
+
+def _report(out: Path, items: list[BenchItem], methods: tuple[str, ...], found: list[dict[str, Any]], info: dict[str, Any], written: int) -> EvalResult:
+    """The run's records in item order (the first record of a key wins), the rates, summary.md and report.html."""
     by_key: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in read_results(results):
-        by_key.setdefault((r["item_id"], r["method"]), r)  # the first record of a key wins
-    records = [by_key[(it.id, m)] for it in items for m in config.methods if (it.id, m) in by_key]
+    for r in found:
+        by_key.setdefault((r["item_id"], r["method"]), r)
+    records = [by_key[(it.id, m)] for it in items for m in methods if (it.id, m) in by_key]
     table = rates(records, by="judge")
-    files = {"results": results, **write_reports(out, records, table, asdict_config(config), phrase=rates(records, by="phrase"))}
+    files = {"results": out / RESULTS, **write_reports(out, records, table, info, phrase=rates(records, by="phrase"))}
     return EvalResult(out=out, records=records, rates=table, written=written, reused=len(records) - written, files=files)
 
 
+# ---- shards -----------------------------------------------------------------------------------
+class ShardsNotReady(ValueError):
+    """Some shard is missing or unfinished: nothing to merge yet."""
+
+
+def merge(out: str | Path) -> EvalResult:
+    """Merge a sharded run's results into results.jsonl, summary.md and report.html.
+
+    Refuses (ValueError, one sentence) shards whose settings differ or whose counts disagree;
+    raises ShardsNotReady while a shard is missing or unfinished.
+    """
+    out = Path(out)
+    infos = {p: json.loads(p.read_text()) for p in sorted((out / SHARDS).glob("run-*-of-*.json"))}
+    if not infos:
+        raise ValueError(f"{out} has no shards ({SHARDS}/run-I-of-N.json): run `eval --shard I/N --out {out}` first.")
+    counts = {Shard.parse(i["shard"].replace("-of-", "/")).count for i in infos.values()}
+    if len(counts) > 1:
+        raise ValueError(f"{out} holds shards of runs split {sorted(counts)} ways: keep one split (delete the other shards).")
+    first = next(iter(infos.values()))
+    for path, info in infos.items():
+        differ = [k for k in SHARD_SETTINGS if info.get(k) != first.get(k)]
+        if differ:
+            raise ValueError(f"{path.name} was run with other settings ({', '.join(f'{k}: {info.get(k)!r} vs {first.get(k)!r}' for k in differ)}): "
+                             "these shards cannot be merged.")
+    (count,) = counts
+    items, methods = load_bench(first["bench"], first["data"], first["limit"]), tuple(first["methods"])
+    found: list[dict[str, Any]] = []
+    for index in range(count):
+        shard = Shard(index, count)
+        records = read_results(out / SHARDS / f"results-{shard.name}.jsonl")
+        keys = {(r["item_id"], r["method"]) for r in records}
+        missing = sum((it.id, m) not in keys for it in shard.take(items) for m in methods)
+        if missing:
+            raise ShardsNotReady(f"shard {index}/{count} is missing {missing} records: run (or resume) it, then merge.")
+        found += records
+    result = _report(out, items, methods, found, {k: first.get(k) for k in SHARD_SETTINGS}, 0)
+    tmp = out / f".{RESULTS}.{os.getpid()}"
+    with tmp.open("w", encoding="utf-8") as f:
+        append_records(f, result.records)
+    tmp.replace(out / RESULTS)
+    return replace(result, reused=len(result.records))
+
+
 def asdict_config(config: EvalConfig) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "progress"}
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k not in ("progress", "shard")}
 
 
 def main(config: EvalConfig, judge: Judge = phrase_judge) -> int:
     """CLI entry: run, then print the summary tables and where the files are."""
+    if config.shard is None:
+        config = replace(config, shard=launcher_shard())  # one process of `accelerate launch`
     result = run_eval(config, judge)
+    if "summary" not in result.files:  # a shard whose siblings are still running
+        print(f"shard {config.shard.index}/{config.shard.count}: {result.written} new records in {result.files['results']}. "
+              f"Not merged: {result.note} (The last shard to finish merges; or: python -m safety_demo eval-merge {result.out})", file=sys.stderr)
+        return 0
     print(result.files["summary"].read_text())
     print(f"{result.written} new records, {result.reused} reused; files in {result.out}/", file=sys.stderr)
     return 0
 
 
-__all__ = ["EvalConfig", "EvalResult", "main", "make_record", "read_results", "repair_tail", "run_eval"]
+def merge_main(out: Path) -> int:
+    """CLI entry of eval-merge."""
+    result = merge(out)
+    print(result.files["summary"].read_text())
+    print(f"merged {len(result.records)} records from {out / SHARDS}/ into {result.files['results']}", file=sys.stderr)
+    return 0
+
+
+__all__ = ["EvalConfig", "EvalResult", "Shard", "ShardsNotReady", "launcher_shard", "main", "make_record", "merge", "merge_main", "read_results",
+           "repair_tail", "run_eval"]
