@@ -55,7 +55,7 @@ class DecodeState:
 
     def index_select(self, rows: torch.Tensor | Sequence[int]) -> "DecodeState":
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.attention_mask.device)
-        self.cache.batch_select_indices(rows.to(_cache_device(self.cache, rows.device)))
+        self.cache.batch_select_indices(rows.to(_cache_device(self.cache, rows.device)))  # (CPU rows for a cache split over GPUs)
         return DecodeState(
             cache=self.cache,
             attention_mask=self.attention_mask[rows],
@@ -131,12 +131,13 @@ def _left_pad(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:
 
 
 def _cache_device(cache: object, default: torch.device) -> torch.device:
+    """The device of the cache's keys; the CPU when its layers sit on several devices (a split
+    model): CPU indices can index a tensor on any device."""
     layers = getattr(cache, "layers", None) or []
-    for layer in layers:
-        keys = getattr(layer, "keys", None)
-        if isinstance(keys, torch.Tensor) and keys.numel():
-            return keys.device
-    return default
+    devices = {k.device for k in (getattr(layer, "keys", None) for layer in layers) if isinstance(k, torch.Tensor) and k.numel()}
+    if len(devices) == 1:
+        return devices.pop()
+    return torch.device("cpu") if devices else default
 
 
 @dataclass

@@ -11,6 +11,10 @@ The adapter speaks only `AutoProcessor` + `AutoModelForImageTextToText` (safeten
   `get_rope_index` at prefill; their per-row rope delta lives in `DecodeState.extras`, so a
   re-indexed batch (a row repeated k times, one row kept) stays correct. The model-level
   `rope_deltas` attribute is never read.
+- placement: one device, or the layers split over several GPUs by accelerate's `device_map`
+  ("auto" when more than one GPU is visible, or `SAFETY_DEMO_DEVICE_MAP`, with an optional
+  `SAFETY_DEMO_MAX_MEMORY`). A split model takes its inputs on the device of its input
+  embeddings; logits and hidden states come back there, where the policies read them.
 
 Example (needs the weights on disk or the Hub):
 
@@ -31,6 +35,8 @@ from ..inputs import shown
 from .base import DecodeState, ForwardOut, ModelLoadError, Request, VLMAdapter
 
 ALLOW_ENV = "SAFETY_DEMO_ALLOWED_MODELS"  # comma-separated repo ids allowed beyond the presets
+DEVICE_MAP_ENV = "SAFETY_DEMO_DEVICE_MAP"  # "auto", "balanced", "sequential": split the layers over the GPUs
+MAX_MEMORY_ENV = "SAFETY_DEMO_MAX_MEMORY"  # e.g. "0=20GiB,1=20GiB,cpu=64GiB": what each device may hold
 
 # A generated id equal to an image/video placeholder would break the next prefill (the model
 # counts placeholders against image features), so those logits are pinned to this finite
@@ -121,19 +127,56 @@ def resolve_repo_id(name_or_repo_id: str) -> tuple[str, Preset | None]:
     )
 
 
+def parse_max_memory(text: str | None) -> dict[int | str, str] | None:
+    """ "0=20GiB,1=20GiB,cpu=64GiB" -> {0: "20GiB", 1: "20GiB", "cpu": "64GiB"} (None when empty)."""
+    if not text or not text.strip():
+        return None
+    out: dict[int | str, str] = {}
+    for part in text.split(","):
+        device, _, size = part.partition("=")
+        device, size = device.strip(), size.strip()
+        if not device or not size or not (device.isdigit() or device in ("cpu", "disk", "mps")):
+            raise ModelLoadError(f"{MAX_MEMORY_ENV}: {shown(part)} is not DEVICE=SIZE (e.g. 0=20GiB,1=20GiB,cpu=64GiB)")
+        out[int(device) if device.isdigit() else device] = size
+    return out
+
+
+def placement(
+    device: torch.device, device_map: str | dict | None = None, max_memory: dict | None = None, offload_folder: str | None = None,
+) -> dict:
+    """`from_pretrained`'s placement: the layers split by accelerate (`device_map`, asked for or
+    "auto" when more than one GPU is visible), straight onto one GPU, or nothing (load on CPU)."""
+    from transformers.utils import is_accelerate_available
+
+    device_map = device_map or os.environ.get(DEVICE_MAP_ENV) or ("auto" if torch.cuda.device_count() > 1 else None)
+    max_memory = max_memory or parse_max_memory(os.environ.get(MAX_MEMORY_ENV))
+    if device_map is not None or max_memory is not None:
+        if not is_accelerate_available():
+            raise ModelLoadError("splitting a model over devices needs accelerate (pip install accelerate)")
+        split = {"device_map": device_map or "auto"}
+        split.update({"max_memory": max_memory} if max_memory else {})
+        split.update({"offload_folder": offload_folder} if offload_folder else {})
+        return split
+    # straight onto the GPU where accelerate is installed; otherwise load, then move
+    return {"device_map": str(device)} if device.type != "cpu" and is_accelerate_available() else {}
+
+
 def load_hf(
     name_or_repo_id: str,
     *,
     device: str | torch.device | None = None,
     revision: str | None = None,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | None = None,
 ) -> HFAdapter:
-    """Load a preset or an allow-listed repo: bf16 on CUDA, float32 on CPU.
+    """Load a preset or an allow-listed repo: bf16 on CUDA, float32 on CPU; with `device_map`
+    (or several GPUs visible) its layers are split over the devices by accelerate.
 
     Every failure (not allowed, no network, missing or gated files, out of memory, not a VLM)
     raises ModelLoadError with a one-line reason.
     """
     from transformers import AutoConfig, AutoModelForImageTextToText
-    from transformers.utils import is_accelerate_available
 
     repo_id, preset = resolve_repo_id(name_or_repo_id)
     if preset is not None and not preset.supported:
@@ -142,9 +185,8 @@ def load_hf(
         )
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    # straight onto the GPU where accelerate is installed; otherwise load, then move
-    on_gpu = device.type != "cpu" and is_accelerate_available()
-    placement = {"device_map": str(device)} if on_gpu else {}
+    placed = placement(device, device_map, max_memory, offload_folder)
+    split = placed.get("device_map") not in (None, str(device))
     try:
         # config.json first: one small file says whether the repo can be reached at all
         config = AutoConfig.from_pretrained(repo_id, revision=revision, trust_remote_code=False)
@@ -160,8 +202,10 @@ def load_hf(
             dtype=dtype,
             use_safetensors=True,
             trust_remote_code=False,
-            **placement,
-        ).to(device)
+            **placed,
+        )
+        if not split:  # a split model stays where accelerate put each layer
+            model = model.to(device)
     except ModelLoadError:
         raise
     except torch.cuda.OutOfMemoryError as e:
@@ -265,7 +309,7 @@ class HFAdapter(VLMAdapter):
         self.model_id = model_id
         self.description = description or name
         first = next(model.parameters())
-        self.device, self.dtype = first.device, first.dtype
+        self.device, self.dtype = input_device(model), first.dtype
         self.eos_token_ids = frozenset(_eos_ids(model, self.tokenizer))
         head = model.get_output_embeddings()
         self._lm_head = head if head is not None else model.lm_head
@@ -371,15 +415,27 @@ class HFAdapter(VLMAdapter):
     # -- internals ----------------------------------------------------------------------------
 
     def _forward_out(self, out, state: DecodeState) -> ForwardOut:
-        hidden = out.hidden_states[-1][:, -1].float()  # [B, D] after the final norm
+        hidden = out.hidden_states[-1][:, -1].float().to(self.device)  # [B, D] after the final norm
         return ForwardOut(logits=self._finish_logits(out.logits[:, -1]), hidden=hidden, state=state)
 
     def _finish_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()  # [B, V]
+        logits = logits.float().to(self.device)  # [B, V], back from the last device of a split model
         if self.placeholder_ids:
             logits = logits.clone()
             logits[:, self.placeholder_ids] = PLACEHOLDER_LOGIT
         return logits
+
+
+def input_device(model) -> torch.device:
+    """Where a model takes its inputs: its one device, or, split by accelerate, the first GPU of
+    its map (offloaded weights sit on "meta" and run on the CPU)."""
+    where = getattr(model, "hf_device_map", None)
+    if where and len(set(where.values())) > 1:
+        devices = [torch.device("cpu") if d in ("cpu", "disk") else torch.device(f"cuda:{d}" if isinstance(d, int) else d) for d in where.values()]
+        accelerators = sorted((d for d in devices if d.type != "cpu"), key=lambda d: (d.type, d.index or 0))
+        return accelerators[0] if accelerators else torch.device("cpu")
+    weight = model.get_input_embeddings().weight
+    return weight.device if weight.device.type != "meta" else torch.device("cpu")
 
 
 def _messages(prompt: str, with_image: bool = True, system: str | None = None) -> list[dict]:
