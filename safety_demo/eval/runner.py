@@ -78,7 +78,8 @@ class Shard:
 def launcher_shard() -> Shard | None:
     """This process's share when a launcher started several (`accelerate launch`, torchrun):
     accelerate's own state says which process this is; on GPUs each worker gets its own device."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    sizes = (os.environ.get(k) for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"))  # torchrun or MPI
+    if max((int(v) for v in sizes if v and v.isdigit()), default=1) <= 1:
         return None
     import torch
     from accelerate import PartialState

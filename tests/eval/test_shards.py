@@ -84,19 +84,32 @@ def test_no_launcher_no_shard(monkeypatch):
     assert launcher_shard() is None
 
 
+LAUNCHERS = {
+    "torch": ["--multi_gpu"],  # on a CPU-only machine accelerate starts the processes through torch's launcher
+    "mpi": ["--cpu", "--mpirun_hostfile"],  # `--cpu` starts several processes only through MPI
+}
+
+
 @pytest.mark.slow
-def test_accelerate_launch_two_cpu_workers_equal_one_process(mini_figstep, tmp_path):
-    """`accelerate launch --multi_gpu --num_processes 2 -m safety_demo eval …` on a CPU-only machine: two
-    workers (torch's launcher; `--cpu` needs MPI to start more than one), each its share; the merged
-    rates equal a single process's on the same items."""
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_accelerate_launch_two_cpu_workers_equal_one_process(mini_figstep, tmp_path, launcher):
+    """`accelerate launch … --num_processes 2 -m safety_demo eval …` on a CPU-only machine: two workers,
+    each its share; the merged rates equal a single process's on the same items."""
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     if accelerate is None:
         pytest.skip("accelerate is not installed")
+    flags = list(LAUNCHERS[launcher])
+    if launcher == "mpi":
+        if shutil.which("mpirun") is None:
+            pytest.skip("no MPI (apt-get install openmpi-bin)")
+        (tmp_path / "hostfile").write_text("localhost slots=2\n")
+        flags.append(str(tmp_path / "hostfile"))
     args = ["-m", "safety_demo", "eval", "--bench", "figstep", "--data", str(mini_figstep), "--methods", "vanilla,safecode",
             "--model", "fake", "--max-new-tokens", "4", "--quiet"]
-    env = {**os.environ, "SAFETY_DEMO_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "SAFETY_DEMO_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
+           "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}  # CI runs as root
     t0 = time.perf_counter()
-    launched = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+    launched = subprocess.run([accelerate, "launch", *flags, "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
                                "--dynamo_backend", "no", *args, "--out", str(tmp_path / "two")],
                               env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[2])
     assert launched.returncode == 0, launched.stderr[-3000:]
