@@ -55,7 +55,9 @@ def served_app(queue: int = 16, startup_seconds: float = 180.0) -> Iterator[tupl
     from gradio_client import Client
 
     port = _free_port()
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1", "SAFETY_DEMO_QUEUE": str(queue)}
+    # no example precomputation at start-up: it would decode beside the requests being measured
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1", "SAFETY_DEMO_QUEUE": str(queue),
+           "SAFETY_DEMO_INSTANT_EXAMPLES": "0"}
     server = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}/"
