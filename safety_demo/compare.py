@@ -56,9 +56,9 @@ def compare(
     run.start(engine)
     last = 0.0
     for lane, event in engine.run():
-        finished = run.handle(lane, event)
+        urgent = run.handle(lane, event)  # a column finished or got its first token
         now = time.perf_counter()
-        if finished or now - last >= refresh:
+        if urgent or now - last >= refresh:
             last = now
             yield run.columns
     run.finish()
@@ -79,8 +79,8 @@ def compare_requests(
     columns = lambda: {p[:-1]: r.columns[method] for p, r in runs.items()}  # noqa: E731 - the view of every run's one column
     last = 0.0
     for lane, event in engine.run():
-        finished = runs[lane.split("/", 1)[0] + "/"].handle(lane, event)
-        if finished or time.perf_counter() - last >= refresh:
+        urgent = runs[lane.split("/", 1)[0] + "/"].handle(lane, event)
+        if urgent or time.perf_counter() - last >= refresh:
             last = time.perf_counter()
             yield columns()
     for run in runs.values():
@@ -127,7 +127,9 @@ class _Run:
             self._start_deferred()
 
     def handle(self, lane: str, event) -> bool:
-        """One engine event of this run's lanes; returns whether a column (or a judge decode) finished."""
+        """One engine event of this run's lanes; returns whether it must be shown now, not at the next
+        refresh: a column (or a judge decode) finished, or a column's first token arrived (its time to
+        first token on screen must not wait for the refresh)."""
         lane = lane.removeprefix(self.prefix)
         if not self.stopped and self.time_limit is not None and time.perf_counter() - self.t0 > self.time_limit:
             self.stopped = True
@@ -145,7 +147,7 @@ class _Run:
             self.columns[name].seconds = time.perf_counter() - self.t0
             return event.done
         self._update(self.columns[lane], event)
-        return event.done
+        return event.done or event.step == 0
 
     def finish(self) -> None:
         """Columns still preparing when the engine ended (the time limit) end with a sentence."""

@@ -78,9 +78,9 @@ class SharedBatch:
                 for lane, event in engine.run():
                     prefix = lane.split("/", 1)[0] + "/"
                     run, out, refresh, last = runs[prefix]
-                    finished = run.handle(lane, event)
+                    urgent = run.handle(lane, event)  # a column finished or got its first token
                     self.peak_rows = max(self.peak_rows, len(engine.rows))
-                    if finished or time.perf_counter() - last[0] >= refresh:
+                    if urgent or time.perf_counter() - last[0] >= refresh:
                         last[0] = time.perf_counter()
                         out.put(_snapshot(run.columns))
                     self._close_done(runs)

@@ -85,3 +85,12 @@ def test_compare_requests_gives_each_form_what_it_gets_alone_in_one_batch(fake, 
     assert max(steps) >= rows
     if method != "safecode":  # (SafeCoDe adds its judges' caption and verdict decodes)
         assert len(steps) == CONFIG.generation.max_new_tokens  # one forward per step for all three forms
+
+
+def test_a_columns_first_token_is_shown_at_once_not_at_the_next_refresh(fake, req):
+    """Time to first token on screen: with a refresh longer than the whole run, every column's first
+    token still gets its own update (vanilla's must not wait for SafeSteer's step or the refresh)."""
+    history = [{m: c.n_tokens for m, c in cols.items()} for cols in compare(fake, req, CONFIG, axis_probe(fake, bias=5.0), refresh=1e9)]
+    for method in ("vanilla", "safecode", "safesteer"):
+        assert any(h[method] == 1 for h in history), method
+    assert len(history) < 3 * CONFIG.generation.max_new_tokens  # and the refresh still coalesces the rest
