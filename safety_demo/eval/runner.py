@@ -56,6 +56,8 @@ class Shard:
     count: int
 
     def __post_init__(self) -> None:
+        if self.count < 1:  # "index 0 to -1" would not say what is wrong
+            raise ValueError(f"shard {self.index}/{self.count}: N, the number of workers, must be at least 1 (I/N, counted from 0)")
         if not 0 <= self.index < self.count:
             raise ValueError(f"shard {self.index}/{self.count}: the index must be 0 to {self.count - 1} (I/N, counted from 0)")
 

@@ -62,6 +62,8 @@ def test_shards_with_other_settings_or_splits_are_refused(fake, mini_figstep, tm
 def test_a_bad_shard_is_one_sentence(text):
     with pytest.raises(ValueError, match="shard|I/N"):
         Shard.parse(text)
+    with pytest.raises(ValueError, match="at least 1"):  # no "0 to -1"
+        Shard.parse("0/0")
 
 
 def test_shards_from_the_command_line(mini_figstep, tmp_path, capsys):
