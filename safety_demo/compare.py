@@ -53,16 +53,8 @@ def compare(
     lane's KV cache (`Column.cache`), so `branch` can go on from any of its steps."""
     engine = Engine(adapter, config.generation, isolate_errors=True)
     run = _Run(adapter, request, config, probe, time_limit, keep=keep)
-    run.start(engine)
-    last = 0.0
-    for lane, event in engine.run():
-        urgent = run.handle(lane, event)  # a column finished or got its first token
-        now = time.perf_counter()
-        if urgent or now - last >= refresh:
-            last = now
-            yield run.columns
-    run.finish()
-    yield run.columns
+    for _ in _drive(engine, [run], refresh):
+        yield run.columns
 
 
 def compare_requests(
@@ -73,19 +65,26 @@ def compare_requests(
     yields a column per request, keyed like `requests`, as tokens arrive."""
     engine = Engine(adapter, config.generation, isolate_errors=True)
     one = CompareConfig(config.generation, config.configs, (method,))
-    runs = {f"{name}/": _Run(adapter, request, one, probe, time_limit, prefix=f"{name}/") for name, request in requests.items()}
-    for run in runs.values():
+    runs = {name: _Run(adapter, request, one, probe, time_limit, prefix=f"{name}/") for name, request in requests.items()}
+    for _ in _drive(engine, list(runs.values()), refresh):
+        yield {name: run.columns[method] for name, run in runs.items()}
+
+
+def _drive(engine: Engine, runs: list["_Run"], refresh: float) -> Iterator[None]:
+    """Start `runs` on `engine` and step it to the end; yield when a column finished or got its
+    first token, else at most once per `refresh` seconds, and once more at the end."""
+    by_prefix = {run.prefix: run for run in runs}
+    for run in runs:
         run.start(engine)
-    columns = lambda: {p[:-1]: r.columns[method] for p, r in runs.items()}  # noqa: E731 - the view of every run's one column
     last = 0.0
     for lane, event in engine.run():
-        urgent = runs[lane.split("/", 1)[0] + "/"].handle(lane, event)
+        urgent = by_prefix[lane[: lane.rfind("/") + 1]].handle(lane, event)  # "text/safecode:caption" -> "text/"
         if urgent or time.perf_counter() - last >= refresh:
             last = time.perf_counter()
-            yield columns()
-    for run in runs.values():
+            yield
+    for run in runs:
         run.finish()
-    yield columns()
+    yield
 
 
 class _Run:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import torch
 from ..compare import Column
 from ..data.examples import EXAMPLES, EXAMPLES_DIR, Example
 from ..methods import knob_values, read_knobs
+from ..models.builtin.assemble import cache_root
 from ..probe import DecodingProbe
 from ..trace import Trace
 from . import run as run_views
@@ -41,7 +41,7 @@ DRAWING_ONLY = ("ui", "viz", "eval")  # subpackages whose code never changes a t
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SAFETY_DEMO_CACHE") or Path.home() / ".cache" / "safety_demo") / "examples"
+    return cache_root() / "examples"
 
 
 @lru_cache(maxsize=1)
