@@ -292,19 +292,20 @@ with gr.Blocks(title="safety_demo: safety-steering decoding, token by token", de
     run_state = gr.State(None, time_to_live=3600)  # the finished run (traces, model, kept KV for branches): every view reads it
 
     # ------------------------------------------------------------ listeners
+    # what a run fills, live (Generate) or stored (an example's click); their API outputs, in this order
+    run_outputs = [status, *answers.values(), *stats.values(), *infos.values(), story, delta_plot, map_plot,
+                   step_plot, step_rows, step_slider, run_state, export_json, export_html, legend, branch_token]
     generate_btn.click(
         gpu(generate),
         inputs=[image_in, prompt_in, model_in, projection_in, step_method, *controls],
-        outputs=[status, *answers.values(), *stats.values(), *infos.values(), story, delta_plot, map_plot,
-                 step_plot, step_rows, step_slider, run_state, export_json, export_html, legend, branch_token],
+        outputs=run_outputs,
         api_name="generate",
         preprocess=False,  # raw upload path: load_image checks it with clear messages
         concurrency_limit=CONCURRENCY,  # requests running at once: their rows share the model's one batch
     )
     examples.load_input_event.then(
         show_example, inputs=[image_in, prompt_in, model_in, projection_in, step_method, *controls],
-        outputs=[status, *answers.values(), *stats.values(), *infos.values(), story, delta_plot, map_plot,
-                 step_plot, step_rows, step_slider, run_state, export_json, export_html, legend, branch_token],
+        outputs=run_outputs,
         api_name="show_example",
     )
     # .input: the user's change only (a token click sets the method and the step together)
