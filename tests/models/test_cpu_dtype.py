@@ -79,3 +79,22 @@ def test_bf16_default_model_keeps_the_gap():
     print(f"bf16 text-only: {text_answer!r}\nbf16 FigStep:   {figstep_answer!r}")
     assert any(m in text_answer.lower() for m in REFUSAL_MARKERS), text_answer
     assert not any(m in figstep_answer.lower() for m in REFUSAL_MARKERS), figstep_answer
+
+
+def test_bf16_packed_weights_answer_bit_for_bit_like_plain(fast_bf16, monkeypatch):
+    """The built-in model packs its linear layers for oneDNN at load (models/packed.py): the
+    same logits to the bit, so the same answers, only faster."""
+    from safety_demo.models.builtin.adapter import BuiltinAdapter
+    from safety_demo.models.packed import supported
+
+    if not supported(torch.bfloat16):
+        pytest.skip("this torch build cannot pack bfloat16 weights")
+    assert fast_bf16.packed > 0
+    monkeypatch.setenv("SAFETY_DEMO_PACK", "0")
+    plain = BuiltinAdapter("fast", dtype=torch.bfloat16)
+    assert plain.packed == 0
+    request = Request(Image.new("RGB", (224, 224), "orange"), "What is this?")
+    a, b = plain.prefill([request]), fast_bf16.prefill([request])
+    assert torch.equal(a.logits, b.logits)
+    token = a.logits.argmax(-1)
+    assert torch.equal(plain.step(token, a.state).logits, fast_bf16.step(token, b.state).logits)

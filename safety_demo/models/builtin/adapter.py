@@ -38,6 +38,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from ..base import DecodeState, ForwardOut, ModelLoadError, Request, VLMAdapter
 from ..cpu import cpu_dtype
+from ..packed import pack_linears
 from .assemble import build_builtin, check_built, spec_for
 from .vision import ImageReading, Vision
 
@@ -124,6 +125,7 @@ class BuiltinAdapter(VLMAdapter):
                 f"Rebuild it: python -m safety_demo.models.builtin --variant {variant} --rebuild"
             ) from None
         self.model.eval()
+        self.packed = pack_linears(self.model)  # weights laid out for oneDNN once: a decode step streams them faster
         self.vision = vision or shared_vision()
         self.eos_token_ids = self._eos_ids()
         self.embed = self.model.get_input_embeddings()

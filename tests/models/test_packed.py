@@ -1,0 +1,99 @@
+"""Pre-packed oneDNN weights change the speed of a CPU decode step, never what it computes."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from safety_demo.models.base import Request
+from safety_demo.models.packed import PackedLinear, pack_linears, supported, wanted
+
+needs_bf16 = pytest.mark.skipif(not supported(torch.bfloat16), reason="this torch build cannot pack bfloat16 weights")
+needs_fp32 = pytest.mark.skipif(not supported(torch.float32), reason="this torch build cannot pack float32 weights")
+
+
+def _layer(dtype: torch.dtype, bias: bool, out_f: int = 96, in_f: int = 80) -> nn.Linear:
+    torch.manual_seed(0)
+    return nn.Linear(in_f, out_f, bias=bias).to(dtype).eval()
+
+
+@needs_bf16
+@pytest.mark.parametrize("shape", [(1, 80), (3, 80), (3, 1, 80), (1, 37, 80), (8, 1, 80)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_bf16_packed_is_bit_identical(shape, bias):
+    """The decode step's rows (1, 3, 8), a prefill (37 positions): same bits as F.linear."""
+    layer = _layer(torch.bfloat16, bias)
+    x = torch.randn(*shape).bfloat16()
+    with torch.no_grad():
+        assert torch.equal(PackedLinear(layer)(x), layer(x))
+
+
+@needs_fp32
+def test_fp32_packed_is_within_rounding():
+    layer = _layer(torch.float32, True, 300, 200)
+    x = torch.randn(4, 1, 200)
+    with torch.no_grad():
+        torch.testing.assert_close(PackedLinear(layer)(x), layer(x), atol=1e-4, rtol=1e-4)
+
+
+class _TiedLM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.block = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))
+        self.head = nn.Linear(16, 50, bias=False)
+        self.head.weight = self.embed.weight  # tied, as in Qwen2.5-0.5B
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.embed(ids)))
+
+
+@needs_fp32
+def test_pack_linears_swaps_every_linear_and_keeps_ties():
+    torch.manual_seed(0)
+    model = _TiedLM().eval()
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        before = model(ids)
+        assert pack_linears(model, env="1") == 3
+        after = model(ids)
+    assert all(type(m) is not nn.Linear for m in model.modules())
+    assert model.head.weight is model.embed.weight  # the input embedding still reads the same Parameter
+    assert isinstance(model.head, PackedLinear) and "packed=oneDNN" in repr(model.head)
+    assert "packed" not in model.state_dict() and "head.weight" in model.state_dict()  # checkpoints unchanged
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+
+
+def test_turned_off_keeps_plain_layers():
+    model = _TiedLM().eval()
+    assert pack_linears(model, env="0") == 0
+    assert type(model.head) is nn.Linear
+    assert not wanted("off") and not wanted(" 0 ") and wanted("1")
+
+
+def test_unsupported_dtype_is_left_alone():
+    model = _TiedLM().half().eval()
+    assert not supported(torch.float16)
+    assert pack_linears(model, env="1") == 0 and type(model.head) is nn.Linear
+
+
+@needs_fp32
+def test_tiny_vlm_packed_answers_like_plain(monkeypatch):
+    """A whole (tiny) VLM on the CPU: packed and plain layers give the same greedy answer."""
+    from safety_demo.decoding import GenerationConfig, run_to_end
+    from safety_demo.models.tiny import TINY_FAMILIES, load_tiny
+
+    family = next(iter(TINY_FAMILIES))
+    request = Request(Image.new("RGB", (64, 64), "orange"), "What is in the picture?")
+    config = GenerationConfig(max_new_tokens=12)
+    monkeypatch.setenv("SAFETY_DEMO_PACK", "0")
+    plain = load_tiny(family)  # seeded: the same weights both times
+    assert plain.packed == 0
+    monkeypatch.setenv("SAFETY_DEMO_PACK", "1")
+    packed = load_tiny(family)
+    assert packed.packed > 0
+    a, b = run_to_end(plain, request, config=config), run_to_end(packed, request, config=config)
+    assert list(a.token_ids) == list(b.token_ids)
+    torch.testing.assert_close(torch.as_tensor(a.hidden), torch.as_tensor(b.hidden), atol=1e-3, rtol=1e-3)
