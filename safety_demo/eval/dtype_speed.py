@@ -1,25 +1,52 @@
-"""float32 vs bfloat16 decode steps of the built-in model: `python -m safety_demo.eval.dtype_speed`.
+"""What a CPU decode step costs by dtype, weight layout and row count: `python -m safety_demo.eval.dtype_speed`.
 
-Times `adapter.step` (one decode step, KV cache warm) for 1, 3 and 8 rows in each dtype, medians
-over repeats, and prints the ratios measured in this one run. Why it matters: the side-by-side
-view decodes 3 to 8 rows per step, and only a kernel whose cost barely grows with the row count
-makes three answers cost about one.
+Two tables, every figure a median over repeats, every ratio from this one run:
+  * kernels: GB/s that 24 [896 -> 4864] linear layers (the built-in model's MLP, 209 MB in
+    bfloat16) stream for 1, 3 and 8 rows, with `F.linear` on plain weights and with weights
+    pre-packed for oneDNN (`models/packed.py`), in float32 and bfloat16;
+  * steps: ms per `adapter.step` of the built-in model (KV cache warm) in the same four settings.
+Why it matters: the side-by-side view decodes 3 to 8 rows per step, and only a kernel whose cost
+barely grows with the row count makes three answers cost about one; a decode step is
+memory-bound, so GB/s is the speed.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
 import torch
-from PIL import Image
 
 from ..models import Request
 from ..models.builtin.adapter import BuiltinAdapter
 from ..models.builtin.assemble import build_builtin
 from ..models.cpu import cpu_name
+from ..models.packed import PACK_ENV, PackedLinear, supported
 
 ROWS = (1, 3, 8)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _median(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def kernel_gbs(dtype: torch.dtype, packed: bool, rows: int, repeats: int = 10) -> float:
+    """GB/s of 24 [896 -> 4864] layers on `rows` rows: larger than the caches, like a decode step."""
+    layers = [torch.nn.Linear(896, 4864, bias=False, dtype=dtype).eval() for _ in range(24)]
+    if packed:
+        layers = [PackedLinear(layer) for layer in layers]
+    x = torch.randn(rows, 1, 896, dtype=dtype)
+    seconds = _median(lambda: [layer(x) for layer in layers], repeats)
+    return sum(layer.weight.numel() * layer.weight.element_size() for layer in layers) / seconds / 1e9
 
 
 def step_ms(adapter: BuiltinAdapter, request: Request, rows: int, steps: int, repeats: int) -> float:
@@ -33,28 +60,47 @@ def step_ms(adapter: BuiltinAdapter, request: Request, rows: int, steps: int, re
     return statistics.median(times)
 
 
+def _adapter(variant: str, dtype: torch.dtype, packed: bool) -> BuiltinAdapter:
+    before = os.environ.get(PACK_ENV)
+    os.environ[PACK_ENV] = "1" if packed else "0"
+    try:
+        return BuiltinAdapter(variant, dtype=dtype)
+    finally:
+        os.environ.pop(PACK_ENV) if before is None else os.environ.__setitem__(PACK_ENV, before)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="default", choices=["default", "fast"])
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
+    settings = [(name, packed) for name, dtype in DTYPES.items() for packed in (False, True) if not packed or supported(dtype)]
+    print(f"On {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
+
+    gbs = {(name, packed, rows): kernel_gbs(DTYPES[name], packed, rows) for name, packed in settings for rows in ROWS}
+    print("Kernels: 24 [896 -> 4864] linear layers, GB/s of weights streamed (higher is faster)\n")
+    print("| setting | " + " | ".join(f"{r} row{'s' if r > 1 else ''}" for r in ROWS) + " | 3 rows cost vs 1 |\n|---|" + "---|" * (len(ROWS) + 1))
+    for name, packed in settings:
+        row = [gbs[(name, packed, r)] for r in ROWS]
+        print(f"| {name}, {'packed' if packed else 'plain F.linear'} | " + " | ".join(f"{g:.1f}" for g in row) + f" | {row[0] / row[1]:.2f}x |")
+
     build_builtin(args.variant)
     from ..data.calibration import load_photo
 
     request = Request(load_photo("example:flower.jpg"), "Describe this photo.")
-    ms: dict[tuple[str, int], float] = {}
-    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
-        adapter = BuiltinAdapter(args.variant, dtype=dtype)
+    ms: dict[tuple[str, bool, int], float] = {}
+    for name, packed in settings:
+        adapter = _adapter(args.variant, DTYPES[name], packed)
         for rows in ROWS:
-            ms[(name, rows)] = step_ms(adapter, request, rows, args.steps, args.repeats)
+            ms[(name, packed, rows)] = step_ms(adapter, request, rows, args.steps, args.repeats)
         del adapter
-    print(f"Decode step of the built-in `{args.variant}` model on {cpu_name()}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats} x {args.steps} steps\n")
-    print("| rows | float32 ms/step | bfloat16 ms/step | bf16 / fp32 | fp32 vs 1 row | bf16 vs 1 row |\n|---|---|---|---|---|---|")
-    for rows in ROWS:
-        f, b = ms[("float32", rows)], ms[("bfloat16", rows)]
-        print(f"| {rows} | {f:.1f} | {b:.1f} | {b / f:.2f} | {f / ms[('float32', 1)]:.2f}x | {b / ms[('bfloat16', 1)]:.2f}x |")
+    base = ms[("float32", False, 1)]
+    print(f"\nDecode step of the built-in `{args.variant}` model, median of {args.repeats} x {args.steps} steps\n")
+    print("| setting | " + " | ".join(f"{r} row{'s' if r > 1 else ''} ms" for r in ROWS) + " | 1 row vs float32 plain | 3 rows vs 1 |\n|---|" + "---|" * (len(ROWS) + 2))
+    for name, packed in settings:
+        row = [ms[(name, packed, r)] for r in ROWS]
+        print(f"| {name}, {'packed' if packed else 'plain'} | " + " | ".join(f"{t:.1f}" for t in row) + f" | {row[0] / base:.2f}x | {row[1] / row[0]:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -46,3 +46,5 @@ def test_bench_json_has_the_named_figures(tmp_path, monkeypatch):
     assert figures["vanilla_tok_s"] > 0 and figures["side_by_side_ratio"] > 0
     assert figures["dtype"] == "float32" and "cores" in figures["cpu"]
     assert "Bandwidth bound" in (tmp_path / "PERF.md").read_text()
+    probes = figures["facts"]["bandwidth_probes"]
+    assert {"fp32 matrix-vector, 256 MB", "fp32 sum, 1 GB"} <= set(probes) and all(0 < gbs < 10_000 for gbs in probes.values())
