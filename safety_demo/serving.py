@@ -48,8 +48,7 @@ class SharedBatch:
         self, request: Request, config: CompareConfig, probe: DecodingProbe | None = None, refresh: float = 0.0,
         time_limit: float | None = None, keep: bool = False,
     ) -> Iterator[dict[str, Column]]:
-        """`compare.compare`, with this request's lanes decoding in the shared batch. The request
-        joins at this call, not at the first `next`: a caller can draw its screen meanwhile."""
+        """`compare.compare`, with this request's lanes decoding in the shared batch."""
         inbox: queue.Queue = queue.Queue()
         with self._cond:
             run = _Run(self.adapter, request, config, probe, time_limit, prefix=f"r{next(self._ids)}/", keep=keep)
@@ -58,7 +57,10 @@ class SharedBatch:
                 self._thread = threading.Thread(target=self._loop, name=f"batch-{self.adapter.name}", daemon=True)
                 self._thread.start()
             self._cond.notify()
-        return _receive(inbox)
+        while (item := inbox.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
 
     # -- the batch thread ---------------------------------------------------------------------
 
@@ -110,14 +112,6 @@ class SharedBatch:
             run, out, _, _ = runs.pop(prefix)
             out.put(_snapshot(run.columns))
             out.put(_DONE)
-
-
-def _receive(inbox: queue.Queue) -> Iterator[dict[str, Column]]:
-    """A request's columns as the batch thread sends them, until it says done (or raises its error)."""
-    while (item := inbox.get()) is not _DONE:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
 
 
 def _snapshot(columns: dict[str, Column]) -> dict[str, Column]:

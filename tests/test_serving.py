@@ -76,19 +76,3 @@ def test_the_batch_of_an_unloaded_model_is_closed_and_its_thread_ends(fake, phot
     shared_batch(fake)  # the next request, on another model, lets the old batch go
     thread.join(timeout=10)
     assert not thread.is_alive()
-
-
-def test_a_request_starts_decoding_at_the_call_not_at_the_first_read(fake, photo):
-    """The app draws its cleared screen between the call and the first read: the decode must not
-    wait for that (vanilla's first token on screen)."""
-    import time
-
-    counting = Counting(fake)
-    batch = SharedBatch(counting)
-    columns = batch.compare(Request(photo, "describe the photo"), CONFIG, axis_probe(fake, bias=5.0))
-    deadline = time.time() + 30
-    while not any(kind == "step" for kind, _ in counting.calls) and time.time() < deadline:
-        time.sleep(0.01)  # nothing has read `columns` yet
-    assert any(kind == "step" for kind, _ in counting.calls)
-    last = list(columns)[-1]
-    assert all(c.done and c.error is None for c in last.values())

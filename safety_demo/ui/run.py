@@ -77,10 +77,9 @@ def generate(
 ) -> Iterator[Started | dict[str, Column] | Finished]:
     """The whole Generate: the checked request (`Started`), the columns as they fill, then `Finished`."""
     started = start(upload_path, prompt, model_name, knob_values, projection, method)
-    columns_as_they_fill = stream(started, shared)  # shared: the request joins the batch now, while the screen clears
     yield started
     columns: dict[str, Column] = {}
-    for columns in columns_as_they_fill:
+    for columns in stream(started, shared):
         yield columns
     yield finish(started, columns)
 
@@ -112,13 +111,14 @@ def stream(started: Started, shared: bool = False) -> Iterator[dict[str, Column]
     """The columns as they fill, redrawn at most every REFRESH_SECONDS; the run ends at the time limit.
 
     `shared`: the request's methods join the batch other visitors' requests are decoding
-    (`serving.SharedBatch`) at this call, instead of a batch of its own at the first `next`.
+    (`serving.SharedBatch`), instead of a batch of its own.
     """
     args = (started.request, started.config, started.probe)
     knobs = dict(refresh=REFRESH_SECONDS, time_limit=LIMITS.max_request_seconds, keep=True)  # keep: branches go on from the KV
     if shared:
-        return shared_batch(started.adapter).compare(*args, **knobs)  # joins the batch at this call
-    return compare(started.adapter, *args, **knobs)
+        yield from shared_batch(started.adapter).compare(*args, **knobs)
+    else:
+        yield from compare(started.adapter, *args, **knobs)
 
 
 def finish(started: Started, columns: dict[str, Column], projection: str | None = None, method: str | None = None) -> Finished:
