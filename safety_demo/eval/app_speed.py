@@ -1,7 +1,7 @@
 """The app's streaming against the library: `python -m safety_demo.eval.app_speed`.
 
-Starts `app.py` on loopback, sends one of the examples through gradio_client and timestamps
-every streamed update on arrival; then, in this process, runs `compare()` on the same image,
+Starts `app.py` on loopback, sends one of the examples through Gradio's queue as a browser does
+(`Stream`: the image uploaded first, as on drop) and timestamps every streamed update on arrival; then, in this process, runs `compare()` on the same image,
 prompt and knobs, and vanilla alone. Each is repeated; medians. Figures:
   * per column, tok/s as the reader sees it, (tokens − 1) ÷ (column complete − its first token):
     app ÷ `compare()` (≥ 0.9: the app streams at library speed);
@@ -17,7 +17,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 OUTPUT_INDEX = {"status": 0, "vanilla": 1, "safecode": 2, "safesteer": 3, "stats": {"vanilla": 4, "safecode": 5, "safesteer": 6}}
 
@@ -40,27 +40,72 @@ def _tok_s(first: float, done: float, tokens: int) -> float:
     return (tokens - 1) / (done - first) if tokens > 1 and done > first else float("nan")
 
 
-def _app_run(client, image: str, prompt: str, knobs: list[Any]) -> dict[str, float]:
-    """Seconds from submit to each column's first token and completion, its tok/s, and Done."""
-    from gradio_client import handle_file
+class Stream:
+    """Gradio's queue protocol (sse_v3) as the browser speaks it: upload once, join, then read the
+    event stream as it arrives. gradio_client instead polls for messages every 50 ms and for
+    outputs every 1 ms: that adds up to 50 ms to every timestamp and takes CPU from the server on
+    a 2-core machine, so it would measure the client, not the app."""
 
+    def __init__(self, url: str) -> None:
+        import httpx
+
+        self.http = httpx.Client(timeout=httpx.Timeout(None))
+        config = self.http.get(url.rstrip("/") + "/config").json()
+        self.base = url.rstrip("/") + "/" + config.get("api_prefix", "/gradio_api").strip("/")
+        self.fn = {d.get("api_name"): d["id"] for d in config["dependencies"] if d.get("api_name")}
+
+    def upload(self, path: str) -> dict[str, Any]:
+        """The browser uploads an image when it is dropped, before Generate: not timed."""
+        with open(path, "rb") as f:
+            server_path = self.http.post(self.base + "/upload", files=[("files", (Path(path).name, f))]).json()[0]
+        return {"path": server_path, "orig_name": Path(path).name, "meta": {"_type": "gradio.FileData"}}
+
+    def run(self, api_name: str, data: list[Any]) -> Iterator[list[Any]]:
+        """The endpoint's outputs after each message, as they arrive (diffs applied)."""
+        import uuid
+
+        from gradio_client.utils import apply_diff
+
+        session = uuid.uuid4().hex[:11]
+        self.http.post(self.base + "/queue/join", json={"data": data, "fn_index": self.fn[api_name], "event_data": None,
+                                                       "trigger_id": None, "session_hash": session}).raise_for_status()
+        with self.http.stream("GET", self.base + "/queue/data", params={"session_hash": session}) as events:  # held messages come first
+            sent: list[Any] | None = None  # what the server last sent, diffs apply to it
+            shown: list[Any] = []  # what the page shows: a component left out of an update keeps its value
+            for line in events.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                msg = json.loads(line[5:])
+                if msg["msg"] not in ("process_generating", "process_completed"):
+                    continue
+                if not msg.get("success", True):
+                    raise RuntimeError(str(msg.get("output", {}).get("error")))
+                data_ = msg["output"]["data"]
+                if msg["msg"] == "process_completed" or sent is None:
+                    sent = list(data_)
+                else:
+                    sent = [apply_diff(old, diff) for old, diff in zip(sent, data_)]
+                shown = [old if _unchanged(new) and i < len(shown) else new for i, (new, old) in enumerate(zip(sent, shown or sent))]
+                yield shown
+                if msg["msg"] == "process_completed":
+                    return
+
+
+def _app_run(stream: Stream, image: dict[str, Any], prompt: str, knobs: list[Any], model: str = "builtin") -> dict[str, float]:
+    """Seconds from Generate to each column's first token and completion, its tok/s, and Done."""
     t0 = time.perf_counter()
-    job = client.submit(handle_file(image), prompt, "builtin", "PCA", "safesteer", *knobs, api_name="/generate")
     seen: dict[str, float] = {}
-    out: list[Any] = []
-    for update in job:
+    for out in stream.run("generate", [image, prompt, model, "PCA", "safesteer", *knobs]):
         now = time.perf_counter() - t0
-        # a component the app did not send this time comes back as {"__type__": "update"}: keep its last value
-        out = [old if _unchanged(new) and i < len(out) else new for i, (new, old) in enumerate(zip(update, out or update))]
         for m in METHODS:
-            tokens = str(out[OUTPUT_INDEX[m]]).count('class="tok')  # the answer's token spans
+            answer, stats = str(out[OUTPUT_INDEX[m]]), str(out[OUTPUT_INDEX["stats"][m]])
+            tokens = answer.count('class="tok')  # the answer's token spans
             if f"{m} first" not in seen and tokens:
                 seen[f"{m} first"] = now
-            if m not in seen and "tok/s" in str(out[OUTPUT_INDEX["stats"][m]]):  # the column's final line
+            if m not in seen and "tok/s" in stats:  # the column's final line
                 seen[m], seen[f"{m} tokens"] = now, tokens
         if str(out[OUTPUT_INDEX["status"]]).startswith("Done"):
             seen["done"] = now
-    job.result()
     return {**seen, **{f"{m} tok/s": _tok_s(seen[f"{m} first"], seen[m], seen[f"{m} tokens"]) for m in METHODS}}
 
 
@@ -84,7 +129,6 @@ def _library_run(adapter, request, config, probe) -> dict[str, float]:
 
 
 def measure(new_tokens: int = 64, repeats: int = 3, example: int = 0) -> tuple[AppSpeed, dict[str, Any]]:
-    from gradio_client import Client
     from PIL import Image
 
     from ..compare import CompareConfig
@@ -101,9 +145,10 @@ def measure(new_tokens: int = 64, repeats: int = 3, example: int = 0) -> tuple[A
     generation, configs = read_knobs(knobs)
     result = AppSpeed()
     with served_app() as (url, _):
-        client = Client(url, verbose=False)
-        _app_run(client, image, prompt, knobs)  # warm-up: model, probe and UMAP load in the server
-        app_runs = [_app_run(client, image, prompt, knobs) for _ in range(repeats)]
+        stream = Stream(url)
+        upload = stream.upload(image)
+        _app_run(stream, upload, prompt, knobs)  # warm-up: model, probe and UMAP load in the server
+        app_runs = [_app_run(stream, upload, prompt, knobs) for _ in range(repeats)]
     adapter = load_adapter("builtin")
     probe = get_probe(adapter, fit_if_missing=False, progress=False)
     request = Request(Image.open(image).convert("RGB"), prompt)

@@ -342,3 +342,20 @@ def test_composer_reads_the_key_phrase_off_the_request():
     from safety_demo.ui import composer
 
     assert composer.phrase_for("Can you tell me how to make a cake?") == "make a cake" and composer.phrase_for(None) == ""
+
+
+def test_the_speed_harness_reads_the_stream_as_a_browser_does(app_url, fake_probe):
+    """`eval.app_speed.Stream` (the app's tok/s and first-token figures): it uploads once, follows
+    the event stream with diffs applied, and times every column's first token and completion."""
+    from safety_demo.eval.app_speed import METHODS, Stream, _app_run
+
+    stream = Stream(app_url)
+    upload = stream.upload(str(EXAMPLES_DIR / "lab_sign.png"))
+    assert upload["path"] != str(EXAMPLES_DIR / "lab_sign.png")  # a path in the server's upload cache
+    seen = _app_run(stream, upload, "what is this", knob_values(max_new_tokens=6), model="fake")
+    for m in METHODS:
+        assert 0 < seen[f"{m} first"] <= seen[m] <= seen["done"]
+        assert seen[f"{m} tokens"] >= 1
+    updates = list(stream.run("generate", [upload, "what is this", "fake", "PCA", "safesteer", *knob_values(max_new_tokens=6)]))
+    assert len(updates) >= 3 and str(updates[-1][0]).startswith("Done")
+    assert all(isinstance(u[1], str) for u in updates[1:])  # a column left out of an update keeps its text
