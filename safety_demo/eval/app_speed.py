@@ -1,13 +1,16 @@
 """The app's streaming against the library: `python -m safety_demo.eval.app_speed`.
 
 Starts `app.py` on loopback, sends one of the examples through Gradio's queue as a browser does
-(`Stream`: the image uploaded first, as on drop) and timestamps every streamed update on arrival; then, in this process, runs `compare()` on the same image,
-prompt and knobs, and vanilla alone. Each is repeated; medians. Figures:
+(`Stream`: the image uploaded first, as on drop) and timestamps every streamed update on arrival;
+in this process, runs `compare()` on the same image, prompt and knobs, and vanilla alone.
+Each is repeated; medians. Figures:
   * per column, tok/s as the reader sees it, (tokens − 1) ÷ (column complete − its first token):
     app ÷ `compare()` (≥ 0.9: the app streams at library speed);
   * vanilla's first token in the browser's stream ÷ vanilla's time to first token alone (≤ 1.5:
     SafeCoDe's judge does not hold the other columns).
-The app process is idle while this process decodes, so the two never compete for the cores.
+The runs alternate (app, `compare()`, vanilla alone; repeat): the app process is idle while this
+process decodes and the other way round, so the two never compete for the cores, and a slow
+minute on a shared machine lands on both sides of a ratio.
 """
 from __future__ import annotations
 
@@ -144,28 +147,28 @@ def measure(new_tokens: int = 64, repeats: int = 3, example: int = 0) -> tuple[A
     knobs = knob_values(max_new_tokens=new_tokens)
     generation, configs = read_knobs(knobs)
     result = AppSpeed()
-    with served_app() as (url, _):
-        stream = Stream(url)
-        upload = stream.upload(image)
-        _app_run(stream, upload, prompt, knobs)  # warm-up: model, probe and UMAP load in the server
-        app_runs = [_app_run(stream, upload, prompt, knobs) for _ in range(repeats)]
     adapter = load_adapter("builtin")
     probe = get_probe(adapter, fit_if_missing=False, progress=False)
     request = Request(Image.open(image).convert("RGB"), prompt)
     config = CompareConfig(generation=generation, configs=configs)
-    _library_run(adapter, request, config, probe)  # warm-up
-    for app in app_runs:
-        lib = _library_run(adapter, request, config, probe)
-        alone = run_to_end(adapter, request, VanillaPolicy(), generation)
-        for m in METHODS:
-            result.add(f"{m}: app tok/s", app[f"{m} tok/s"])
-            result.add(f"{m}: compare tok/s", lib[f"{m} tok/s"])
-            result.add(f"{m}: app ÷ compare tok/s", app[f"{m} tok/s"] / lib[f"{m} tok/s"])
-        result.add("app: vanilla first token s", app["vanilla first"])
-        result.add("alone: vanilla TTFT s", alone.timings.ttft)
-        result.add("app first token ÷ alone TTFT", app["vanilla first"] / alone.timings.ttft)
-        result.add("app done s", app["done"])
-        result.add("compare done s", max(lib[m] for m in METHODS))
+    with served_app() as (url, _):
+        stream = Stream(url)
+        upload = stream.upload(image)
+        _app_run(stream, upload, prompt, knobs)  # warm-up: model, probe and UMAP load in the server
+        _library_run(adapter, request, config, probe)
+        for _ in range(repeats):  # interleaved, so a slow minute on a shared machine hits both sides of a ratio
+            app = _app_run(stream, upload, prompt, knobs)
+            lib = _library_run(adapter, request, config, probe)
+            alone = run_to_end(adapter, request, VanillaPolicy(), generation)
+            for m in METHODS:
+                result.add(f"{m}: app tok/s", app[f"{m} tok/s"])
+                result.add(f"{m}: compare tok/s", lib[f"{m} tok/s"])
+                result.add(f"{m}: app ÷ compare tok/s", app[f"{m} tok/s"] / lib[f"{m} tok/s"])
+            result.add("app: vanilla first token s", app["vanilla first"])
+            result.add("alone: vanilla TTFT s", alone.timings.ttft)
+            result.add("app first token ÷ alone TTFT", app["vanilla first"] / alone.timings.ttft)
+            result.add("app done s", app["done"])
+            result.add("compare done s", max(lib[m] for m in METHODS))
     facts = {"cpu": cpu_name(), "dtype": str(adapter.dtype).removeprefix("torch."), "new_tokens": new_tokens, "repeats": repeats, "prompt": prompt[:60]}
     return result, facts
 

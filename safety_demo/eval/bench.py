@@ -182,9 +182,11 @@ NOTES = """How the ratios come out this way:
   chosen row's cache and logits.
 - Side by side, one forward per step carries every method's rows: vanilla 1, SafeCoDe 2 (then 1) and
   SafeSteer 1 (k = 5 while reranking). A decode step is memory-bound: its cost is streaming the
-  weights, which every row shares, as long as the matrix kernel batches small row counts well. The
-  built-in model runs in bfloat16 on CPUs with native bf16, where 3 rows cost about 1.1x one row; in
-  float32 on the same CPU 3 rows cost 2.7x one row (`python -m safety_demo.eval.dtype_speed`).
+  weights, which every row shares, as long as the matrix kernel batches small row counts well.
+- The built-in model runs in bfloat16 on CPUs with native bf16, float32 elsewhere, and its linear
+  layers use weights packed once at load for oneDNN (`safety_demo/models/packed.py`). Packed, a step
+  of 3 rows costs about 1.2x one row in either dtype; with plain float32 weights it cost 2.6x, and
+  plain bfloat16 weights streamed about 35% slower (`python -m safety_demo.eval.dtype_speed`).
 """
 
 
