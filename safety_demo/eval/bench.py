@@ -141,6 +141,8 @@ def run_bench(cfg: BenchConfig, log=print) -> tuple[BenchResult, dict[str, Any]]
             result.add("safecode judge / vanilla run", sc.judge.seconds / v_total)
             result.add("safesteer ratio", ss.tokens_per_second / v_tps)
             result.add("safesteer TTFT s", ss.timings.ttft)
+            for name, alone in (("vanilla", v), ("safecode", sc), ("safesteer", ss)):  # bf16 rows are not batch-invariant
+                result.add(f"{name} side by side = alone", float(alone.token_ids.tolist() == both[name].token_ids.tolist()))
             side = max(t.timings.prefill + t.timings.decode for t in both.values())
             result.add("side-by-side / vanilla run (no judge)", side / v_total)
             result.add("compare (judge in the batch) / vanilla run", live / v_total)
@@ -209,6 +211,9 @@ def report(result: BenchResult, facts: dict[str, Any], command: str) -> str:
         f"| SafeSteer tok/s ÷ vanilla | {m('safesteer ratio'):.2f}× | ≥ 0.95× |",
         f"| SafeSteer time to first token | {m('safesteer TTFT s'):.2f} s | — |",
         f"| side-by-side (all three, one batch per step) ÷ one vanilla run, judge excluded | {m('side-by-side / vanilla run (no judge)'):.2f}× | ≤ 1.3× |",
+        "| runs whose answer side by side is token for token the one alone (vanilla / SafeCoDe / SafeSteer) | "
+        + " / ".join(f"{sum(result.rows[f'{c} side by side = alone']):.0f} of {len(result.rows[f'{c} side by side = alone'])}" for c in ("vanilla", "safecode", "safesteer"))
+        + " | all, in float32 (tested); bfloat16 breaks near-ties by the batch |",
         f"| `compare` (the app's path: judge decoded in the same batch) ÷ one vanilla run | {m('compare (judge in the batch) / vanilla run'):.2f}× | — |",
         f"| `compare`: vanilla's time to first token ÷ vanilla alone | {m('compare: vanilla TTFT / alone'):.2f}× | ≤ 1.5× |",
         *([
