@@ -359,3 +359,12 @@ def test_the_speed_harness_reads_the_stream_as_a_browser_does(app_url, fake_prob
     updates = list(stream.run("generate", [upload, "what is this", "fake", "PCA", "safesteer", *knob_values(max_new_tokens=6)]))
     assert len(updates) >= 3 and str(updates[-1][0]).startswith("Done")
     assert all(isinstance(u[1], str) for u in updates[1:])  # a column left out of an update keeps its text
+
+
+def test_the_queue_does_not_poll_every_millisecond(app_url):
+    """Gradio's default 1 ms poll takes the GIL from the decode thread a thousand times a second;
+    app.py slows it to 10 ms (if a Gradio upgrade renames these, this says so)."""
+    import app
+
+    assert app.demo._queue.sleep_when_free >= 0.01
+    assert app.demo._queue.progress_update_sleep_when_free >= 0.1
