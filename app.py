@@ -334,7 +334,7 @@ demo.queue(max_size=int(os.environ.get("SAFETY_DEMO_QUEUE", 16)), default_concur
 # Gradio's queue looks for new events every 1 ms while none is waiting (streaming included) and for
 # progress-bar news every 10 ms: on 2 cores that took 4.2% of a core while idle, and the GIL from the
 # decode thread a thousand times a second. Every 10 ms is soon enough for a click; this app shows no
-# progress bars. Idle, the busiest thread: 0.42 s -> 0.13 s of CPU per 10 s.
+# progress bars. Idle, the busiest thread used 0.42 s of CPU per 10 s, now 0.13 s (/proc/PID/task/*/stat).
 _queue = getattr(demo, "_queue", None)
 if hasattr(_queue, "sleep_when_free") and hasattr(_queue, "progress_update_sleep_when_free"):
     _queue.sleep_when_free = max(_queue.sleep_when_free, 0.01)
