@@ -49,7 +49,8 @@ class BenchResult:
         return statistics.median(self.rows[name]) if self.rows.get(name) else float("nan")
 
 
-def _median_seconds(fn, repeats: int) -> float:
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall time of `fn()` over `repeats` calls, after one untimed call."""
     fn()  # warm: first-touch page faults, kernel selection
     times = []
     for _ in range(repeats):
@@ -71,16 +72,16 @@ def bandwidth_probes(repeats: int = 15) -> dict[str, float]:
     from ..models.packed import PackedLinear, supported
 
     a, x = torch.randn(8192, 8192), torch.randn(8192)  # 256 MB
-    probes = {_PROBE_NAMES[0]: a.numel() * 4 / _median_seconds(lambda: a @ x, repeats)}
+    probes = {_PROBE_NAMES[0]: a.numel() * 4 / median_seconds(lambda: a @ x, repeats)}
     del a
     big = torch.ones(256 * 1024 * 1024)  # 1 GB
-    probes[_PROBE_NAMES[1]] = big.numel() * 4 / _median_seconds(big.sum, max(repeats // 3, 3))
+    probes[_PROBE_NAMES[1]] = big.numel() * 4 / median_seconds(big.sum, max(repeats // 3, 3))
     del big
     if supported(torch.bfloat16):
         layer = torch.nn.Linear(16384, 8192, bias=False, dtype=torch.bfloat16).eval()  # 256 MB
         packed, xb = PackedLinear(layer), torch.randn(1, 16384, dtype=torch.bfloat16)
         with torch.no_grad():
-            probes[_PROBE_NAMES[2]] = layer.weight.numel() * 2 / _median_seconds(lambda: packed(xb), repeats)
+            probes[_PROBE_NAMES[2]] = layer.weight.numel() * 2 / median_seconds(lambda: packed(xb), repeats)
     return {k: v / 1e9 for k, v in probes.items()}
 
 

@@ -23,19 +23,10 @@ from ..models.builtin.adapter import BuiltinAdapter
 from ..models.builtin.assemble import build_builtin
 from ..models.cpu import cpu_name
 from ..models.packed import PACK_ENV, PackedLinear, supported
+from .bench import median_seconds
 
 ROWS = (1, 3, 8)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def _median(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 @torch.no_grad()
@@ -45,7 +36,7 @@ def kernel_gbs(dtype: torch.dtype, packed: bool, rows: int, repeats: int = 10) -
     if packed:
         layers = [PackedLinear(layer) for layer in layers]
     x = torch.randn(rows, 1, 896, dtype=dtype)
-    seconds = _median(lambda: [layer(x) for layer in layers], repeats)
+    seconds = median_seconds(lambda: [layer(x) for layer in layers], repeats)
     return sum(layer.weight.numel() * layer.weight.element_size() for layer in layers) / seconds / 1e9
 
 
