@@ -60,28 +60,26 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-_PROBE_NAMES = ("fp32 matrix-vector, 256 MB", "fp32 sum, 1 GB", "bf16 packed linear, 1 row, 256 MB")
-
-
 def bandwidth_probes(repeats: int = 15) -> dict[str, float]:
     """GB/s that three ways of streaming 256 MB to 1 GB of memory reach here, each once per call.
 
     The bound takes the fastest: the machine moves bytes at least that fast, so a decode step
     that streams N bytes takes at least N / that. A single kernel (the old fp32 matrix-vector
-    product alone) understates it: on a 2-core EPYC it reached 26 GB/s where a sum reached 39."""
+    product alone) understates it: on a 2-core EPYC it reached 27 GB/s where a sum reached 45-73
+    (`bench`'s medians over five runs)."""
     from ..models.packed import PackedLinear, supported
 
     a, x = torch.randn(8192, 8192), torch.randn(8192)  # 256 MB
-    probes = {_PROBE_NAMES[0]: a.numel() * 4 / median_seconds(lambda: a @ x, repeats)}
+    probes = {"fp32 matrix-vector, 256 MB": a.numel() * 4 / median_seconds(lambda: a @ x, repeats)}
     del a
     big = torch.ones(256 * 1024 * 1024)  # 1 GB
-    probes[_PROBE_NAMES[1]] = big.numel() * 4 / median_seconds(big.sum, max(repeats // 3, 3))
+    probes["fp32 sum, 1 GB"] = big.numel() * 4 / median_seconds(big.sum, max(repeats // 3, 3))
     del big
     if supported(torch.bfloat16):
         layer = torch.nn.Linear(16384, 8192, bias=False, dtype=torch.bfloat16).eval()  # 256 MB
         packed, xb = PackedLinear(layer), torch.randn(1, 16384, dtype=torch.bfloat16)
         with torch.no_grad():
-            probes[_PROBE_NAMES[2]] = layer.weight.numel() * 2 / median_seconds(lambda: packed(xb), repeats)
+            probes["bf16 packed linear, 1 row, 256 MB"] = layer.weight.numel() * 2 / median_seconds(lambda: packed(xb), repeats)
     return {k: v / 1e9 for k, v in probes.items()}
 
 
@@ -124,7 +122,8 @@ def run_bench(cfg: BenchConfig, log=print) -> tuple[BenchResult, dict[str, Any]]
             probes = bandwidth_probes(repeats=6)  # right after vanilla, so its bound is of the same moment
             for name, gbs in probes.items():
                 result.add(f"bandwidth · {name}", gbs)
-            result.add("bound tok/s", max(probes.values()) * 1e9 / size if size else float("nan"))
+            bound_tps = max(probes.values()) * 1e9 / size if size else float("nan")
+            result.add("bound tok/s", bound_tps)
             sc = run_to_end(adapter, req, policies["safecode"], gen)
             ss = run_to_end(adapter, req, policies["safesteer"], gen)
             both = {n: e.trace for n, e in generate_many(adapter, req, policies, gen) if e.done}
@@ -134,7 +133,7 @@ def run_bench(cfg: BenchConfig, log=print) -> tuple[BenchResult, dict[str, Any]]
             live = time.perf_counter() - t0
             v_tps, v_total = v.tokens_per_second, v.timings.prefill + v.timings.decode
             result.add("vanilla tok/s", v_tps)
-            result.add("vanilla / bound", v_tps / result.rows["bound tok/s"][-1])
+            result.add("vanilla / bound", v_tps / bound_tps)
             result.add("vanilla TTFT s", v.timings.ttft)
             result.add("vanilla prefill s", v.timings.prefill)
             result.add("safecode decode ratio", sc.tokens_per_second / v_tps)
@@ -155,7 +154,7 @@ def run_bench(cfg: BenchConfig, log=print) -> tuple[BenchResult, dict[str, Any]]
         speed, _ = measure(new_tokens=cfg.new_tokens, repeats=cfg.repeats * len(requests))
         for name, values in speed.rows.items():
             result.rows[f"app · {name}"] = values
-    probes = {name: result.median(f"bandwidth · {name}") for name in _PROBE_NAMES if f"bandwidth · {name}" in result.rows}
+    probes = {name.removeprefix("bandwidth · "): result.median(name) for name in result.rows if name.startswith("bandwidth · ")}
     facts = {
         "model": cfg.model,
         "model_id": adapter.model_id,

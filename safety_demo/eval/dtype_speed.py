@@ -12,7 +12,6 @@ memory-bound, so GB/s is the speed.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -22,7 +21,7 @@ from ..models import Request
 from ..models.builtin.adapter import BuiltinAdapter
 from ..models.builtin.assemble import build_builtin
 from ..models.cpu import cpu_name
-from ..models.packed import PACK_ENV, PackedLinear, supported
+from ..models.packed import PackedLinear, supported
 from .bench import median_seconds
 
 ROWS = (1, 3, 8)
@@ -51,15 +50,6 @@ def step_ms(adapter: BuiltinAdapter, request: Request, rows: int, steps: int, re
     return statistics.median(times)
 
 
-def _adapter(variant: str, dtype: torch.dtype, packed: bool) -> BuiltinAdapter:
-    before = os.environ.get(PACK_ENV)
-    os.environ[PACK_ENV] = "1" if packed else "0"
-    try:
-        return BuiltinAdapter(variant, dtype=dtype)
-    finally:
-        os.environ.pop(PACK_ENV) if before is None else os.environ.__setitem__(PACK_ENV, before)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="default", choices=["default", "fast"])
@@ -82,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     request = Request(load_photo("example:flower.jpg"), "Describe this photo.")
     ms: dict[tuple[str, bool, int], float] = {}
     for name, packed in settings:
-        adapter = _adapter(args.variant, DTYPES[name], packed)
+        adapter = BuiltinAdapter(args.variant, dtype=DTYPES[name], pack=packed)
         for rows in ROWS:
             ms[(name, packed, rows)] = step_ms(adapter, request, rows, args.steps, args.repeats)
         del adapter

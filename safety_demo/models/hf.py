@@ -300,8 +300,7 @@ class HFAdapter(VLMAdapter):
 
     def __init__(self, model, processor, *, name: str, model_id: str, description: str = ""):
         self.model = model.eval()
-        on_cpu = getattr(model, "hf_device_map", None) is None and all(p.device.type == "cpu" for p in model.parameters())
-        self.packed = pack_linears(model) if on_cpu else 0  # CPU: weights laid out for oneDNN once (models/packed.py)
+        self.packed = pack_linears(model)  # on the CPU: weights laid out for oneDNN once (models/packed.py)
         self.processor = processor
         self.tokenizer = processor.tokenizer
         # left padding: every row ends at the same column, so [:, -1] is each row's last token

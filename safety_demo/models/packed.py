@@ -83,12 +83,15 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     return layer
 
 
-def pack_linears(model: nn.Module, env: str | None = None) -> int:
-    """Swap every CPU `nn.Linear` of `model` for a `PackedLinear`; returns how many were swapped
-    (0 when turned off or unsupported). The model must be in eval mode and stay on the CPU."""
-    layers = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear and m.weight.device.type == "cpu"]
+def pack_linears(model: nn.Module, enabled: bool | None = None) -> int:
+    """Swap every `nn.Linear` of a model that lies wholly on the CPU for a `PackedLinear`; returns
+    how many were swapped (0 when turned off, unsupported, or any weight is elsewhere: a GPU, a
+    layer split by accelerate). `enabled`: None reads `SAFETY_DEMO_PACK`. The model must be in eval
+    mode and stay where it is."""
+    on_cpu = getattr(model, "hf_device_map", None) is None and all(p.device.type == "cpu" for p in model.parameters())
+    layers = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear]
     dtypes = {m.weight.dtype for _, m in layers}
-    if not layers or not wanted(env) or not all(supported(d) for d in dtypes):
+    if not layers or not on_cpu or not (wanted() if enabled is None else enabled) or not all(supported(d) for d in dtypes):
         return 0
     for name, layer in layers:
         parent_name, _, child = name.rpartition(".")

@@ -57,7 +57,7 @@ def test_pack_linears_swaps_every_linear_and_keeps_ties():
     ids = torch.tensor([[1, 2, 3]])
     with torch.no_grad():
         before = model(ids)
-        assert pack_linears(model, env="1") == 3
+        assert pack_linears(model, enabled=True) == 3
         after = model(ids)
     assert all(type(m) is not nn.Linear for m in model.modules())
     assert model.head.weight is model.embed.weight  # the input embedding still reads the same Parameter
@@ -68,7 +68,7 @@ def test_pack_linears_swaps_every_linear_and_keeps_ties():
 
 def test_turned_off_keeps_plain_layers():
     model = _TiedLM().eval()
-    assert pack_linears(model, env="0") == 0
+    assert pack_linears(model, enabled=False) == 0
     assert type(model.head) is nn.Linear
     assert not wanted("off") and not wanted(" 0 ") and wanted("1")
 
@@ -76,7 +76,7 @@ def test_turned_off_keeps_plain_layers():
 def test_unsupported_dtype_is_left_alone():
     model = _TiedLM().half().eval()
     assert not supported(torch.float16)
-    assert pack_linears(model, env="1") == 0 and type(model.head) is nn.Linear
+    assert pack_linears(model, enabled=True) == 0 and type(model.head) is nn.Linear
 
 
 @needs_fp32
@@ -97,3 +97,11 @@ def test_tiny_vlm_packed_answers_like_plain(monkeypatch):
     a, b = run_to_end(plain, request, config=config), run_to_end(packed, request, config=config)
     assert list(a.token_ids) == list(b.token_ids)
     torch.testing.assert_close(torch.as_tensor(a.hidden), torch.as_tensor(b.hidden), atol=1e-3, rtol=1e-3)
+
+
+def test_a_model_split_by_accelerate_is_left_alone():
+    """Layers accelerate placed (over GPUs, or offloaded to disk) stay plain: packing is for a model
+    wholly on the CPU."""
+    model = _TiedLM().eval()
+    model.hf_device_map = {"embed": "cpu", "block": "disk", "head": "cpu"}
+    assert pack_linears(model, enabled=True) == 0 and type(model.head) is nn.Linear

@@ -103,7 +103,7 @@ class BuiltinAdapter(VLMAdapter):
     note_mode: str = "auto"  # "auto": VISION_NOTE when the vision module reports something; "always"; "off"
     named_min_prob: float = NAMED_MIN_PROB
 
-    def __init__(self, variant: str, vision: Vision | None = None, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, variant: str, vision: Vision | None = None, dtype: torch.dtype | None = None, pack: bool | None = None) -> None:
         spec, family = spec_for(variant), FAMILIES[variant]
         path = check_built(variant)
         t0 = time.perf_counter()
@@ -125,7 +125,7 @@ class BuiltinAdapter(VLMAdapter):
                 f"Rebuild it: python -m safety_demo.models.builtin --variant {variant} --rebuild"
             ) from None
         self.model.eval()
-        self.packed = pack_linears(self.model)  # weights laid out for oneDNN once: a decode step streams them faster
+        self.packed = pack_linears(self.model, pack)  # weights laid out for oneDNN once (None: SAFETY_DEMO_PACK decides)
         self.vision = vision or shared_vision()
         self.eos_token_ids = self._eos_ids()
         self.embed = self.model.get_input_embeddings()
