@@ -8,7 +8,7 @@ from PIL import Image
 from torch import nn
 
 from safety_demo.models.base import Request
-from safety_demo.models.packed import PackedLinear, pack_linears, supported, wanted
+from safety_demo.models.packed import LAYOUT_ROWS, PackedLinear, layout_rows, pack_linears, supported, wanted
 
 needs_bf16 = pytest.mark.skipif(not supported(torch.bfloat16), reason="this torch build cannot pack bfloat16 weights")
 needs_fp32 = pytest.mark.skipif(not supported(torch.float32), reason="this torch build cannot pack float32 weights")
@@ -36,6 +36,22 @@ def test_fp32_packed_is_within_rounding():
     x = torch.randn(4, 1, 200)
     with torch.no_grad():
         torch.testing.assert_close(PackedLinear(layer)(x), layer(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, marks=needs_fp32), pytest.param(torch.bfloat16, marks=needs_bf16)])
+@pytest.mark.parametrize("out_f,in_f", [(4864, 896), (896, 4864)])
+def test_a_row_gets_the_same_bits_alone_and_in_a_batch(dtype, out_f, in_f):
+    """Side by side, a method's row rides in a batch of 2 to 9: the packed layout is chosen so that
+    it computes what the row computes alone (where this CPU has such a layout)."""
+    layer = _layer(dtype, True, out_f, in_f)
+    packed = PackedLinear(layer)
+    x = torch.randn(9, 1, in_f).to(dtype)
+    with torch.no_grad():
+        alone = packed(x[:1])
+        same = [torch.equal(alone, packed(x[:m])[:1]) for m in (2, 3, 5, 8, 9)]
+    if packed.rows == 1 and not all(same):
+        pytest.skip(f"no layout in {LAYOUT_ROWS} is batch-invariant for {dtype} on this CPU")
+    assert all(same) and packed.rows == layout_rows(dtype, in_f) in LAYOUT_ROWS
 
 
 class _TiedLM(nn.Module):
