@@ -61,7 +61,7 @@ def median_seconds(fn, repeats: int) -> float:
 
 
 def bandwidth_probes(repeats: int = 15) -> dict[str, float]:
-    """GB/s that three ways of streaming 256 MB to 1 GB of memory reach here, each once per call.
+    """GB/s that two or three ways of streaming 256 MB to 1 GB of memory reach here (the third where bfloat16 packs), each once per call.
 
     The bound takes the fastest: the machine moves bytes at least that fast, so a decode step
     that streams N bytes takes at least N / that. A single kernel (the old fp32 matrix-vector
@@ -186,9 +186,9 @@ NOTES = """How the ratios come out this way:
   SafeSteer 1 (k = 5 while reranking). A decode step is memory-bound: its cost is streaming the
   weights, which every row shares, as long as the matrix kernel batches small row counts well.
 - The built-in model runs in bfloat16 on CPUs with native bf16, float32 elsewhere, and its linear
-  layers use weights packed once at load for oneDNN (`safety_demo/models/packed.py`). Packed, a step
-  of 3 rows costs about 1.2x one row in either dtype; with plain float32 weights it cost 2.6x, and
-  plain bfloat16 weights streamed about 35% slower (`python -m safety_demo.eval.dtype_speed`).
+  layers use weights packed once at load for oneDNN (`safety_demo/models/packed.py`), laid out for
+  the smallest batch whose layout gives a row the same bits alone and in a batch. What a step of 1,
+  3 and 8 rows costs on a CPU, plain and packed, in each dtype: `python -m safety_demo.eval.dtype_speed`.
 """
 
 
@@ -225,7 +225,7 @@ def report(result: BenchResult, facts: dict[str, Any], command: str) -> str:
         f"| probe: h₀ extraction over the calibration set, as recorded when the loaded probe was fitted (`fit-probe --re-extract` measures it again) | {facts['probe_extract_seconds'] or float('nan'):.0f} s | ≤ 120 s |",
         f"| probe: fit (PCA + logistic regression) | {facts['probe_fit_seconds'] or float('nan'):.2f} s | < 60 s |",
         "",
-        "Bandwidth bound: after each vanilla run, three ways to stream memory are timed ("
+        f"Bandwidth bound: after each vanilla run, {len(facts['bandwidth_probes'])} ways to stream memory are timed ("
         + ", ".join(f"{name}: {gbs:.1f} GB/s" for name, gbs in facts["bandwidth_probes"].items())
         + f"; medians) and the fastest sets that repeat's bound. A decode step streams {facts['model_mb']:.0f} MB of weights ({facts['dtype']}; the input embedding table is "
         f"gathered, not streamed, unless the output head shares it), so it runs at most at bandwidth ÷ that: {bound:.1f} tok/s (median).",

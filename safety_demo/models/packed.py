@@ -59,18 +59,23 @@ def _packed_product(w: torch.Tensor, x: torch.Tensor, rows: int) -> torch.Tensor
 
 @functools.cache
 def layout_rows(dtype: torch.dtype, in_features: int = 896) -> int:
-    """The batch size the weights are laid out for: the smallest of `LAYOUT_ROWS` whose layout gives
-    a row the same bits alone and in a batch of 2 to 9 rows, else 1.
+    """The batch size the weights are laid out for. float32: the smallest of `LAYOUT_ROWS` whose
+    layout gives a row the same bits alone and in a batch of 2 to 9 rows, else 1. bfloat16: 1.
 
     oneDNN picks a weight layout, and with it a kernel, for the batch size it is told. Where the
     one-row layout runs another kernel for several rows, a method's row side by side is not the
     row it decodes alone, and the other kernel can be slow: on a 2-core AMD EPYC with AVX2 (no
-    AVX-512) in float32 the one-row layout gave 1 vs 3 rows different bits and streamed 3 rows at
-    11.3 GB/s, while the two-row layout gave every batch the same bits at 16.5 GB/s (1 row: 19.9 vs
-    16.5 GB/s; `python -m safety_demo.eval.dtype_speed`). Deterministic: a product, not a timing."""
+    AVX-512) in float32 the one-row layout gave a row different bits in a batch of 3 and streamed 3
+    rows at 11.3 GB/s; the two-row layout gave every batch the same bits and 16.5 GB/s, at a cost
+    for one row (16.5 vs 19.9 GB/s). bfloat16 keeps the one-row layout it was measured with on an
+    AMD EPYC with avx512_bf16 (3 rows stream as fast as 1, bits equal to `F.linear`'s); whether
+    another layout would make bfloat16 rows batch-invariant there is not known. Deterministic: a
+    product, not a timing."""
+    if dtype != torch.float32:
+        return 1
     g = torch.Generator().manual_seed(0)
-    w = torch.randn(512, in_features, generator=g).to(dtype)  # oneDNN's choice depends on the shape
-    x = torch.randn(9, in_features, generator=g).to(dtype)
+    w = torch.randn(512, in_features, generator=g)  # oneDNN's choice depends on the shape
+    x = torch.randn(9, in_features, generator=g)
     for rows in LAYOUT_ROWS:
         alone = _packed_product(w, x[:1], rows)[0]
         if all(torch.equal(alone, _packed_product(w, x[:m], rows)[0]) for m in range(2, 10)):
