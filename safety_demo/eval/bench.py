@@ -186,9 +186,10 @@ NOTES = """How the ratios come out this way:
   SafeSteer 1 (k = 5 while reranking). A decode step is memory-bound: its cost is streaming the
   weights, which every row shares, as long as the matrix kernel batches small row counts well.
 - The built-in model runs in bfloat16 on CPUs with native bf16, float32 elsewhere, and its linear
-  layers use weights packed once at load for oneDNN (`safety_demo/models/packed.py`), laid out for
-  the smallest batch whose layout gives a row the same bits alone and in a batch. What a step of 1,
-  3 and 8 rows costs on a CPU, plain and packed, in each dtype: `python -m safety_demo.eval.dtype_speed`.
+  layers use weights packed once at load for oneDNN (`safety_demo/models/packed.py`): in float32 laid
+  out for the smallest batch whose layout gives a row the same bits alone and in a batch, in bfloat16
+  for one row. What a step of 1, 3 and 8 rows costs on a CPU, plain and packed, in each dtype:
+  `python -m safety_demo.eval.dtype_speed`.
 """
 
 
