@@ -58,7 +58,7 @@ def _packed_product(w: torch.Tensor, x: torch.Tensor, rows: int) -> torch.Tensor
 
 
 @functools.cache
-def layout_rows(dtype: torch.dtype, in_features: int = 896) -> int:
+def layout_rows(dtype: torch.dtype, in_features: int) -> int:
     """The batch size the weights are laid out for. float32: the smallest of `LAYOUT_ROWS` whose
     layout gives a row the same bits alone and in a batch of 2 to 9 rows, else 1. bfloat16: 1.
 
@@ -66,11 +66,11 @@ def layout_rows(dtype: torch.dtype, in_features: int = 896) -> int:
     one-row layout runs another kernel for several rows, a method's row side by side is not the
     row it decodes alone, and the other kernel can be slow: on a 2-core AMD EPYC with AVX2 (no
     AVX-512) in float32 the one-row layout gave a row different bits in a batch of 3, and
-    `python -m safety_demo.eval.dtype_speed` measured 1 / 3 / 8 rows at 18.9 / 12.0 / 10.1 GB/s with
-    it and 16.2 / 16.5 / 12.7 GB/s with the two-row layout, which gives every batch the same bits. bfloat16 keeps the one-row layout it was measured with on an
-    AMD EPYC with avx512_bf16 (3 rows stream as fast as 1, bits equal to `F.linear`'s); whether
-    another layout would make bfloat16 rows batch-invariant there is not known. Deterministic: a
-    product, not a timing."""
+    `python -m safety_demo.eval.dtype_speed` measured 1 / 3 / 8 rows at 18.9 / 12.0 / 10.1 GB/s
+    with it and 16.2 / 16.5 / 12.7 GB/s with the two-row layout, which gives every batch the same
+    bits. bfloat16 keeps the one-row layout it was measured with on an AMD EPYC with avx512_bf16
+    (3 rows stream as fast as 1, bits equal to `F.linear`'s); whether another layout would make
+    bfloat16 rows batch-invariant there is not known. Deterministic: a product, not a timing."""
     if dtype != torch.float32:
         return 1
     g = torch.Generator().manual_seed(0)
