@@ -8,7 +8,8 @@ cost little more than one. Measured on a 2-core AMD EPYC (avx512_bf16, no AMX) b
 34.5 GB/s for 1 row and 25.6 -> 37.5 GB/s for 3 rows, with bit-identical outputs; in float32,
 16.1 -> 35.1 GB/s for 1 row and 5.7 -> 27.1 GB/s for 3 rows (outputs within float32 rounding).
 A decode step of the built-in model: bfloat16 53.0 -> 30.2 ms; float32 129.9 -> 65.8 ms, and 3 rows
-cost 1.23x one row instead of 2.63x. PyTorch's compiler prepacks CPU linear weights the
+cost 1.23x one row instead of 2.63x (float32 there with the one-row layout, before `layout_rows`
+chose the layout; on an AVX2-only EPYC see `layout_rows`). PyTorch's compiler prepacks CPU linear weights the
 same way when it freezes a model (inductor's `freezing`); this does it without compiling.
 
 The cost is memory: the plain weights stay (a tied input embedding reads the head's, and code
