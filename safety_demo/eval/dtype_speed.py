@@ -39,15 +39,13 @@ def kernel_gbs(dtype: torch.dtype, packed: bool, rows: int, repeats: int = 10) -
     return sum(layer.weight.numel() * layer.weight.element_size() for layer in layers) / seconds / 1e9
 
 
-def step_ms(adapter: BuiltinAdapter, request: Request, rows: int, steps: int, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        out = adapter.prefill([request] * rows)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            out = adapter.step(out.logits.argmax(-1), out.state)
-        times.append((time.perf_counter() - t0) / steps * 1000)
-    return statistics.median(times)
+def step_ms(adapter: BuiltinAdapter, request: Request, rows: int, steps: int) -> float:
+    """ms per `adapter.step` over `steps` steps after a prefill of `rows` rows (one timing: main interleaves the repeats)."""
+    out = adapter.prefill([request] * rows)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        out = adapter.step(out.logits.argmax(-1), out.state)
+    return (time.perf_counter() - t0) / steps * 1000
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,12 +71,12 @@ def main(argv: list[str] | None = None) -> None:
     adapters = {setting: BuiltinAdapter(args.variant, dtype=DTYPES[setting[0]], pack=setting[1]) for setting in settings}
     for adapter in adapters.values():  # oneDNN builds a kernel per shape on first use: not part of a step
         for rows in ROWS:
-            step_ms(adapter, request, rows, 2, 1)
+            step_ms(adapter, request, rows, 2)
     runs: dict[tuple[str, bool, int], list[float]] = {}
     for _ in range(args.repeats):  # interleaved: drift on a shared machine hits every setting alike
         for (name, packed), adapter in adapters.items():
             for rows in ROWS:
-                runs.setdefault((name, packed, rows), []).append(step_ms(adapter, request, rows, args.steps, 1))
+                runs.setdefault((name, packed, rows), []).append(step_ms(adapter, request, rows, args.steps))
     ms = {key: statistics.median(values) for key, values in runs.items()}
     base = ms[("float32", False, 1)]
     print(f"\nDecode step of the built-in `{args.variant}` model: ms per step over {args.steps} steps, median of {args.repeats} repeats interleaved across settings\n")

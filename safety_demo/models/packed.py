@@ -54,10 +54,6 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, packed=oneDNN (rows={self.rows})"
 
 
-def _packed_product(w: torch.Tensor, x: torch.Tensor, rows: int) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(w, rows), None, "none", [], "")
-
-
 @functools.cache
 def layout_rows(dtype: torch.dtype, in_features: int) -> int:
     """The batch size the weights are laid out for. float32: the smallest of `LAYOUT_ROWS` whose
@@ -78,8 +74,9 @@ def layout_rows(dtype: torch.dtype, in_features: int) -> int:
     w = torch.randn(512, in_features, generator=g)  # oneDNN's choice depends on the shape
     x = torch.randn(9, in_features, generator=g)
     for rows in LAYOUT_ROWS:
-        alone = _packed_product(w, x[:1], rows)[0]
-        if all(torch.equal(alone, _packed_product(w, x[:m], rows)[0]) for m in range(2, 10)):
+        layer = PackedLinear(_linear(w, None), rows)  # packed once per candidate layout
+        alone = layer(x[:1])[0]
+        if all(torch.equal(alone, layer(x[:m])[0]) for m in range(2, 10)):
             return rows
     return 1
 
