@@ -300,6 +300,26 @@ def test_branch_goes_on_from_the_kept_cache_beside_the_original(client, fake_pro
                                                 json.loads(Path(out["json"]).read_text())["vanilla"]))}), "vanilla", 2, other))
 
 
+def test_streamed_updates_give_every_output_a_value(fake_probe):
+    """Gradio builds a new component for every output an update leaves out (about 0.5 ms each on a
+    2-core CPU, on the thread that sends the stream): while the columns stream, each update gives
+    every output but the run's State, and the first one clears the last run's views."""
+    import shutil
+
+    import app
+
+    cache = Path(app.image_in.GRADIO_CACHE)
+    cache.mkdir(parents=True, exist_ok=True)
+    image = shutil.copy(FIGSTEP, cache / "test-streamed-updates.png")  # as if uploaded
+    updates = list(app.generate({"path": str(image)}, "What does the list say?", "fake", "PCA", "safesteer", *knob_values(max_new_tokens=6)))
+    first, streamed, finished = updates[0], updates[1:-1], updates[-1]
+    every = set(app.run_outputs) - {app.run_state}
+    assert streamed and all(set(u) == every for u in [first, *streamed])
+    assert first[app.delta_plot] is None and first[app.export_json] is None and first[app.branch_token]["choices"] == []
+    assert all(streamed[-1][app.answers[m]].count('class="tok') >= 1 for m in app.answers)
+    assert finished[app.run_state] is not None and finished[app.delta_plot] is not None
+
+
 def _text(answer_html: str) -> str:
     """The visible text of an answer: each token span's own text, cards left out."""
     import re
