@@ -56,6 +56,7 @@ class Stream:
         config = self.http.get(url.rstrip("/") + "/config").json()
         self.base = url.rstrip("/") + "/" + config.get("api_prefix", "/gradio_api").strip("/")
         self.fn = {d.get("api_name"): d["id"] for d in config["dependencies"] if d.get("api_name")}
+        self.received = 0  # bytes of event-stream messages read so far
 
     def upload(self, path: str) -> dict[str, Any]:
         """The browser uploads an image when it is dropped, before Generate: not timed."""
@@ -78,6 +79,7 @@ class Stream:
             for line in events.iter_lines():
                 if not line.startswith("data:"):
                     continue
+                self.received += len(line.encode())
                 msg = json.loads(line[5:])
                 if msg["msg"] not in ("process_generating", "process_completed"):
                     continue
@@ -96,7 +98,7 @@ class Stream:
 
 def _app_run(stream: Stream, image: dict[str, Any], prompt: str, knobs: list[Any], model: str = "builtin") -> dict[str, float]:
     """Seconds from Generate to each column's first token and completion, its tok/s, and Done."""
-    t0 = time.perf_counter()
+    t0, received = time.perf_counter(), stream.received
     seen: dict[str, float] = {}
     for out in stream.run("generate", [image, prompt, model, "PCA", "safesteer", *knobs]):
         now = time.perf_counter() - t0
@@ -109,6 +111,7 @@ def _app_run(stream: Stream, image: dict[str, Any], prompt: str, knobs: list[Any
                 seen[m], seen[f"{m} tokens"] = now, tokens
         if str(out[OUTPUT_INDEX["status"]]).startswith("Done"):
             seen["done"] = now
+    seen["kB"] = (stream.received - received) / 1e3
     return {**seen, **{f"{m} tok/s": _tok_s(seen[f"{m} first"], seen[m], seen[f"{m} tokens"]) for m in METHODS}}
 
 
@@ -168,6 +171,7 @@ def measure(new_tokens: int = 64, repeats: int = 3, example: int = 0) -> tuple[A
             result.add("alone: vanilla TTFT s", alone.timings.ttft)
             result.add("app first token ÷ alone TTFT", app["vanilla first"] / alone.timings.ttft)
             result.add("app done s", app["done"])
+            result.add("app: kB streamed per run", app["kB"])  # the finished views included
             result.add("compare done s", max(lib[m] for m in METHODS))
     facts = {"cpu": cpu_name(), "dtype": str(adapter.dtype).removeprefix("torch."), "new_tokens": new_tokens, "repeats": repeats, "prompt": prompt[:60]}
     return result, facts

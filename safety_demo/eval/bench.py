@@ -13,7 +13,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -193,12 +193,14 @@ NOTES = """How the ratios come out this way:
 """
 
 
-def report(result: BenchResult, facts: dict[str, Any], command: str) -> str:
+def report(result: BenchResult, facts: dict[str, Any], command: str, others: Sequence[str] = ()) -> str:
+    """The report as Markdown; `others`: files beside it with the same bench on other CPUs, linked at the top."""
     m = result.median
     bound = facts["bound_tps"]
     lines = [
         "# Performance",
         "",
+        *([f"The same bench on other CPUs: {', '.join(f'[{name}]({name})' for name in others)}.", ""] if others else []),
         f"Measured by `{command}` on {facts['cpu']}, {facts['dtype']} ({facts['machine']}). Model: `{facts['model']}` ({facts['model_mb']:.0f} MB of weights). "
         f"{facts['new_tokens']} new tokens per run (EOS ignored), {facts['prompts']} prompts × {facts['repeats']} repeats; "
         "every figure is a median, every ratio is taken within one repeat on the same prompt.",
@@ -222,6 +224,8 @@ def report(result: BenchResult, facts: dict[str, Any], command: str) -> str:
             + " / ".join(f"{m(f'app · {c}: app ÷ compare tok/s'):.2f}×" for c in ("vanilla", "safecode", "safesteer")) + " | ≥ 0.9× |",
             f"| app: vanilla's first token on screen ÷ vanilla's time to first token alone | {m('app · app first token ÷ alone TTFT'):.2f}× "
             f"({m('app · app: vanilla first token s'):.2f} s vs {m('app · alone: vanilla TTFT s'):.2f} s) | ≤ 1.5× |",
+            f"| app: what the page receives per run (Gradio's event stream: the columns' new tokens, then the finished views) | "
+            f"{m('app · app: kB streamed per run'):.0f} kB | — |",
         ] if "app · vanilla: app ÷ compare tok/s" in result.rows else []),
         f"| probe: h₀ extraction over the calibration set, as recorded when the loaded probe was fitted (`fit-probe --re-extract` measures it again) | {facts['probe_extract_seconds'] or float('nan'):.0f} s | ≤ 120 s |",
         f"| probe: fit (PCA + logistic regression) | {facts['probe_fit_seconds'] or float('nan'):.2f} s | < 60 s |",
@@ -261,7 +265,8 @@ def figures(result: BenchResult, facts: dict[str, Any]) -> dict[str, Any]:
 
 def main(cfg: BenchConfig, command: str, json_path: Path | None = None) -> int:
     result, facts = run_bench(cfg)
-    text = report(result, facts, command)
+    others = sorted(p.name for p in cfg.output.parent.glob(f"{cfg.output.stem}-*.md")) if cfg.output else []  # e.g. PERFORMANCE-avx2.md
+    text = report(result, facts, command, others)
     print(text)
     if cfg.output:
         cfg.output.parent.mkdir(parents=True, exist_ok=True)

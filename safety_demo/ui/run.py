@@ -158,7 +158,7 @@ def column_html(col: Column, parts_at: int | None = None) -> str:
     """The answer as running text: streamed tokens while decoding, token cards once finished."""
     if col.trace is not None:
         return answer_html(trace_views(col.trace, parts_at), "(no tokens)")
-    return answer_html(streamed_views(col.tokens), "")
+    return answer_html(streamed_views(col.tokens), "", growing=True)  # each update extends the last
 
 
 def legend(probe: DecodingProbe | None) -> str:
@@ -222,7 +222,7 @@ def branch(run: Run | None, method: str, step: int, token: int | None) -> Iterat
     original = column_html(column, step)
     adapter = model(run.model_name)
     for col in branch_column(adapter, column, step, token, run.probe, refresh=REFRESH_SECONDS):
-        html = column_html(col, step) if col.done else answer_html(streamed_views(col.tokens), "")
+        html = column_html(col, step) if col.done else answer_html(streamed_views(col.tokens), "", growing=True)
         taken = repr(col.trace.tokens[step]) if col.done and col.trace is not None and len(col.trace) > step else ""
         stats = f"Branch at step {step}{' with ' + taken if taken else ''}: " + column_stats(col)
         yield Branched(original, html, stats)

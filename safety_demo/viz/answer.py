@@ -73,11 +73,16 @@ def trace_views(trace: Trace, parts_at: int | None = None) -> list[TokenView]:
     return views
 
 
-def answer_html(views: list[TokenView], placeholder: str = "") -> str:
-    """The answer as running text; every token a span with its colour and card."""
+def answer_html(views: list[TokenView], placeholder: str = "", growing: bool = False) -> str:
+    """The answer as running text; every token a span with its colour and card.
+
+    `growing` (while streaming): the closing tag is left to the browser, so each update's HTML
+    begins with the last one's and Gradio sends only the new tokens (an "append" diff) instead
+    of the whole answer again.
+    """
     if not views:
         return f'<div class="answer empty">{html.escape(placeholder)}</div>'
-    return '<div class="answer">' + "".join(_span(v) for v in views) + "</div>"
+    return '<div class="answer">' + "".join(_span(v) for v in views) + ("" if growing else "</div>")
 
 
 def _span(v: TokenView) -> str:

@@ -40,11 +40,13 @@ def test_streamed_bytes_skip_an_untied_embedding_table():
 def test_bench_json_has_the_named_figures(tmp_path, monkeypatch):
     monkeypatch.setenv("SAFETY_DEMO_FAKE_MODEL", "1")
     out = tmp_path / "bench.json"
+    (tmp_path / "PERF-avx2.md").write_text("# the same bench on another CPU\n")
     main(BenchConfig(model="fake", new_tokens=3, repeats=1, prompts=1, output=tmp_path / "PERF.md"), "test", json_path=out)
     figures = json.loads(out.read_text())
     assert set(JSON_FIELDS) <= set(figures)
     assert figures["vanilla_tok_s"] > 0 and figures["side_by_side_ratio"] > 0
     assert figures["dtype"] == "float32" and "cores" in figures["cpu"]
-    assert "Bandwidth bound" in (tmp_path / "PERF.md").read_text()
+    text = (tmp_path / "PERF.md").read_text()
+    assert "Bandwidth bound" in text and "[PERF-avx2.md](PERF-avx2.md)" in text  # other CPUs' runs are linked
     probes = figures["facts"]["bandwidth_probes"]
     assert {"fp32 matrix-vector, 256 MB", "fp32 sum, 1 GB"} <= set(probes) and all(0 < gbs < 10_000 for gbs in probes.values())

@@ -24,6 +24,18 @@ def test_streamed_tokens_keep_their_probability_and_markup_reaches_the_page_esca
     assert "&lt;eos&gt;" in page and "rgb(232,89,74)" in page and "transparent" in page
 
 
+def test_a_growing_answer_extends_the_last_update_so_only_new_tokens_are_sent():
+    """While streaming, each update's HTML begins with the last one's: Gradio's diff is then an
+    "append" of the new tokens, not the whole answer again (gradio.utils.diff)."""
+    from gradio.utils import diff
+
+    tokens = [("I", 0.1), (" can", 0.2), (" help", None)]
+    before, after = (answer_html(streamed_views(tokens[:n]), growing=True) for n in (2, 3))
+    assert after.startswith(before) and diff(before, after) == [["append", [], after[len(before):]]]
+    assert after[len(before):].count('class="tok') == 1  # one token's span goes over the wire
+    assert answer_html(streamed_views(tokens)).endswith("</div>")  # a finished answer is closed
+
+
 def test_finished_tokens_carry_rank_the_models_own_choice_and_the_parting_mark():
     trace = make_trace("safesteer", T=4, actions=["reranked"] * 2 + ["kept"] * 2)  # step 1: the model's top-1 lost
     trace.raw_probs[1] = np.array([0.7, 0.2, 0.1], np.float32)  # the model's favourite is candidate 0; the chosen token is the last
