@@ -115,9 +115,9 @@ def generate(image, prompt, model_name, projection, method, *knob_values):
 
     While the columns stream, every update gives every output its value as the page shows it.
     Gradio builds a new component for each output an update leaves out, on the thread that also
-    sends the stream (about 0.5 ms each: 7.5 ms an update with 12 left out, 3.1 ms with none, on a
-    2-core Xeon); a value it sent already goes over the wire as an empty diff, so only what
-    changed is sent either way.
+    sends the stream: 7.8 ms an update with only the columns given, 3.5 ms with every output, on a
+    2-core Xeon (`python -m safety_demo.eval.app_speed --update-cost`). A value it sent already
+    goes over the wire as an empty diff, so only what changed is sent either way.
     """
     shown: dict = {}
     page: dict = {}  # every output but run_state (a State costs nothing left out): the page while streaming

@@ -177,6 +177,36 @@ def measure(new_tokens: int = 64, repeats: int = 3, example: int = 0) -> tuple[A
     return result, facts
 
 
+def update_cost_ms(repeats: int = 50) -> dict[str, float]:
+    """ms Gradio spends on one streamed update of Generate (`Blocks.postprocess_data`, on the thread
+    that sends the stream), as `app.generate` gives it (every output) and with only the three
+    columns' components (every other output left out, as it was before)."""
+    import asyncio
+    import sys
+
+    from gradio.state_holder import SessionState
+
+    sys.argv = sys.argv[:1]
+    import app  # builds the page; launches nothing
+
+    fn = next(f for f in app.demo.fns.values() if f.api_name == "generate")
+    answer = '<div class="answer">' + '<span class="tok" tabindex="0">word<span class="card">card</span></span>' * 60
+    columns = {**{c: answer for c in app.answers.values()}, **{c: "60 tokens · 4.0s …" for c in app.stats.values()},
+               **{c: "" for c in app.infos.values()}}
+    page = {**columns, app.status: "Decoding…", app.story: "", app.legend: "", app.step_slider: 0,
+            **{c: None for c in (app.delta_plot, app.map_plot, app.step_plot, app.step_rows, app.export_json, app.export_html, app.branch_token)}}
+
+    async def timed(update: dict) -> float:
+        state = SessionState(app.demo)
+        await app.demo.postprocess_data(fn, update, state)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            await app.demo.postprocess_data(fn, update, state)
+        return (time.perf_counter() - t0) / repeats * 1e3
+
+    return {"every output": asyncio.run(timed(page)), "the columns only": asyncio.run(timed(columns))}
+
+
 def figures(result: AppSpeed) -> dict[str, float]:
     return {
         "app_ratio": min(result.median(f"{m}: app ÷ compare tok/s") for m in METHODS),
@@ -189,7 +219,12 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--update-cost", action="store_true", help="only time what Gradio spends on one streamed update")
     args = parser.parse_args()
+    if args.update_cost:
+        for name, ms in update_cost_ms().items():
+            print(f"one streamed update of Generate, {name}: {ms:.2f} ms in Gradio's postprocess_data")
+        return
     result, facts = measure(args.new_tokens, args.repeats)
     print(f"{facts['cpu']}, {facts['dtype']}, {facts['new_tokens']} new tokens, {facts['repeats']} repeats (medians)")
     for name in result.rows:

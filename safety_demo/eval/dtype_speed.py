@@ -4,7 +4,9 @@ Two tables, every figure a median over repeats, every ratio from this one run:
   * kernels: GB/s that 24 [896 -> 4864] linear layers (the built-in model's MLP, 209 MB in
     bfloat16) stream for 1, 3 and 8 rows, with `F.linear` on plain weights and with weights
     pre-packed for oneDNN (`models/packed.py`), in float32 and bfloat16;
-  * steps: ms per `adapter.step` of the built-in model (KV cache warm) in the same four settings.
+  * steps: ms per `adapter.step` of the built-in model (KV cache warm) in the same four settings;
+  * where a one-row step goes, from `torch.profiler`: the linear layers' kernels (and the GB/s
+    they stream) against everything else (norms, rotary embedding, attention, the cache, Python).
 Why it matters: the side-by-side view decodes 3 to 8 rows per step, and only a kernel whose cost
 barely grows with the row count makes three answers cost about one; a decode step is
 memory-bound, so GB/s is the speed.
@@ -17,14 +19,15 @@ import time
 
 import torch
 
-from ..models import Request
+from ..models import Request, VLMAdapter
 from ..models.builtin.adapter import BuiltinAdapter
 from ..models.builtin.assemble import build_builtin
 from ..models.cpu import cpu_name
 from ..models.packed import PackedLinear, supported
-from .bench import median_seconds
+from .bench import median_seconds, model_bytes
 
 ROWS = (1, 3, 8)
+LINEAR_KERNELS = {"mkldnn::_linear_pointwise", "aten::addmm", "aten::mm", "aten::mv"}  # packed and plain linear layers
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -46,6 +49,20 @@ def step_ms(adapter: BuiltinAdapter, request: Request, rows: int, steps: int) ->
     for _ in range(steps):
         out = adapter.step(out.logits.argmax(-1), out.state)
     return (time.perf_counter() - t0) / steps * 1000
+
+
+def step_breakdown(adapter: VLMAdapter, request: Request, steps: int) -> tuple[float, float]:
+    """(ms per one-row step in the linear layers' kernels, ms per step in all), profiled over `steps` steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out = adapter.prefill([request])
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            out = adapter.step(out.logits.argmax(-1), out.state)
+        total = time.perf_counter() - t0
+    linear_us = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in LINEAR_KERNELS)
+    return linear_us / 1e3 / steps, total * 1e3 / steps
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,6 +101,13 @@ def main(argv: list[str] | None = None) -> None:
     for name, packed in settings:
         row = [ms[(name, packed, r)] for r in ROWS]
         print(f"| {name}, {'packed' if packed else 'plain'} | " + " | ".join(f"{t:.1f}" for t in row) + f" | {row[0] / base:.2f}x | {row[1] / row[0]:.2f}x |")
+
+    print(f"\nWhere a one-row step goes (torch.profiler over {args.steps} steps; profiling adds a little to the step)\n")
+    print("| setting | step ms | linear kernels ms | their GB/s | everything else ms |\n|---|---|---|---|---|")
+    for (name, packed), adapter in adapters.items():
+        linear, total = step_breakdown(adapter, request, args.steps)
+        gbs = model_bytes(adapter) / (linear / 1e3) / 1e9
+        print(f"| {name}, {'packed' if packed else 'plain'} | {total:.1f} | {linear:.1f} | {gbs:.1f} | {total - linear:.1f} |")
 
 
 if __name__ == "__main__":

@@ -388,3 +388,11 @@ def test_the_queue_does_not_poll_every_millisecond(app_url):
 
     assert app.demo._queue.sleep_when_free >= 0.01
     assert app.demo._queue.progress_update_sleep_when_free >= 0.1
+
+
+def test_the_update_cost_script_times_both_kinds_of_update():
+    """`python -m safety_demo.eval.app_speed --update-cost` (the figures in README's Results)."""
+    from safety_demo.eval.app_speed import update_cost_ms
+
+    costs = update_cost_ms(repeats=2)
+    assert set(costs) == {"every output", "the columns only"} and all(ms > 0 for ms in costs.values())
