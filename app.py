@@ -133,7 +133,7 @@ def generate(image, prompt, model_name, projection, method, *knob_values):
                 yield _finished(step)
             elif update := _columns(step, shown):  # the columns that changed
                 page.update(update)
-                yield page
+                yield dict(page)  # a copy: the next update changes `page`
     except Exception as exc:
         raise _fail(exc)
 
