@@ -182,11 +182,9 @@ def update_cost_ms(repeats: int = 50) -> dict[str, float]:
     that sends the stream), as `app.generate` gives it (every output) and with only the three
     columns' components (every other output left out, as it was before)."""
     import asyncio
-    import sys
 
     from gradio.state_holder import SessionState
 
-    sys.argv = sys.argv[:1]
     import app  # builds the page; launches nothing
 
     fn = next(f for f in app.demo.fns.values() if f.api_name == "generate")

@@ -1,6 +1,6 @@
 """What a CPU decode step costs by dtype, weight layout and row count: `python -m safety_demo.eval.dtype_speed`.
 
-Two tables, every figure a median over repeats, every ratio from this one run:
+Three tables (the first two medians over repeats, the third one profiled pass), every ratio from this one run:
   * kernels: GB/s that 24 [896 -> 4864] linear layers (the built-in model's MLP, 209 MB in
     bfloat16) stream for 1, 3 and 8 rows, with `F.linear` on plain weights and with weights
     pre-packed for oneDNN (`models/packed.py`), in float32 and bfloat16;
