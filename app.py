@@ -124,10 +124,8 @@ def generate(image, prompt, model_name, projection, method, *knob_values):
     try:
         for step in run_views.generate(_upload_path(image), prompt, model_name, list(knob_values), projection, method, SHARED_BATCH):
             if isinstance(step, run_views.Started):  # checked and loaded: clear the last run's columns and views
-                page = {**{c: "" for c in (*answers.values(), *stats.values(), *infos.values(), story)},
-                        **{c: None for c in (delta_plot, map_plot, step_plot, step_rows, export_json, export_html, branch_token)},
-                        step_slider: 0, legend: run_views.legend(step.probe),
-                        status: step.notice + "Decoding every method in one batch per step (SafeCoDe's judge runs as extra rows)…"}
+                page = _blank_page(run_views.legend(step.probe),
+                                   step.notice + "Decoding every method in one batch per step (SafeCoDe's judge runs as extra rows)…")
                 yield {**page, branch_token: gr.update(choices=[], value=None)}  # the last run's candidates go too
             elif isinstance(step, run_views.Finished):
                 yield _finished(step)
@@ -136,6 +134,13 @@ def generate(image, prompt, model_name, projection, method, *knob_values):
                 yield dict(page)  # a copy: the next update changes `page`
     except Exception as exc:
         raise _fail(exc)
+
+
+def _blank_page(legend_text: str, status_text: str) -> dict:
+    """Every output of Generate but run_state, cleared: the page a run starts streaming into."""
+    return {**{c: "" for c in (*answers.values(), *stats.values(), *infos.values(), story)},
+            **{c: None for c in (delta_plot, map_plot, step_plot, step_rows, export_json, export_html, branch_token)},
+            step_slider: 0, legend: legend_text, status: status_text}
 
 
 def _finished(done: run_views.Finished) -> dict:

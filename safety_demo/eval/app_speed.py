@@ -191,8 +191,7 @@ def update_cost_ms(repeats: int = 50) -> dict[str, float]:
     answer = '<div class="answer">' + '<span class="tok" tabindex="0">word<span class="card">card</span></span>' * 60
     columns = {**{c: answer for c in app.answers.values()}, **{c: "60 tokens · 4.0s …" for c in app.stats.values()},
                **{c: "" for c in app.infos.values()}}
-    page = {**columns, app.status: "Decoding…", app.story: "", app.legend: "", app.step_slider: 0,
-            **{c: None for c in (app.delta_plot, app.map_plot, app.step_plot, app.step_rows, app.export_json, app.export_html, app.branch_token)}}
+    page = {**app._blank_page("", "Decoding…"), **columns}  # as `app.generate` streams it
 
     async def timed(update: dict) -> float:
         state = SessionState(app.demo)

@@ -44,7 +44,11 @@ def kernel_gbs(dtype: torch.dtype, packed: bool, rows: int, repeats: int = 10) -
 
 def step_ms(adapter: BuiltinAdapter, request: Request, rows: int, steps: int) -> float:
     """ms per `adapter.step` over `steps` steps after a prefill of `rows` rows (one timing: main interleaves the repeats)."""
-    out = adapter.prefill([request] * rows)
+    return _decode_ms(adapter, adapter.prefill([request] * rows), steps)
+
+
+def _decode_ms(adapter: VLMAdapter, out, steps: int) -> float:
+    """ms per greedy `adapter.step` over `steps` steps from a prefill's output."""
     t0 = time.perf_counter()
     for _ in range(steps):
         out = adapter.step(out.logits.argmax(-1), out.state)
@@ -55,14 +59,11 @@ def step_breakdown(adapter: VLMAdapter, request: Request, steps: int) -> tuple[f
     """(ms per one-row step in the linear layers' kernels, ms per step in all), profiled over `steps` steps."""
     from torch.profiler import ProfilerActivity, profile
 
-    out = adapter.prefill([request])
+    out = adapter.prefill([request])  # not profiled: its linear layers would count as a step's
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            out = adapter.step(out.logits.argmax(-1), out.state)
-        total = time.perf_counter() - t0
+        total_ms = _decode_ms(adapter, out, steps)
     linear_us = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in LINEAR_KERNELS)
-    return linear_us / 1e3 / steps, total * 1e3 / steps
+    return linear_us / 1e3 / steps, total_ms
 
 
 def main(argv: list[str] | None = None) -> None:
