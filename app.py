@@ -18,7 +18,7 @@ import torch
 from safety_demo.data.examples import EXAMPLES, ensure_examples
 from safety_demo.inputs import LIMITS, InputError
 from safety_demo.methods import METHODS, Knob, knob_groups
-from safety_demo.models import DEFAULT_MODEL, model_choices
+from safety_demo.models import DEFAULT_MODEL, model_choices, threads
 from safety_demo.data.compose import FORM_TITLES
 from safety_demo.ui import composer, instant, notes
 from safety_demo.ui import run as run_views
@@ -377,6 +377,9 @@ def warm_start(name: str = DEFAULT_MODEL) -> None:
 
 
 if __name__ == "__main__":
+    # Torch ops run on one core in every thread but the one decoding, whose team of cores is the only
+    # one: an idle team left by another thread slowed every decode step 1.6x (models/threads.py).
+    threads.serve_mode()
     threading.Thread(target=warm_start, daemon=True).start()
     demo.launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),

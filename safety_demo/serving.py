@@ -20,6 +20,7 @@ from typing import Iterator
 from .compare import Column, CompareConfig, _Run
 from .decoding import Engine
 from .models.base import Request, VLMAdapter
+from .models.threads import all_cores
 from .probe import DecodingProbe
 
 log = logging.getLogger(__name__)
@@ -74,28 +75,33 @@ class SharedBatch:
                 if self._closed and not self._inbox and not runs:
                     return
             try:
-                self._admit(engine, runs)
-                for lane, event in engine.run():
-                    prefix = lane.split("/", 1)[0] + "/"
-                    run, out, refresh, last = runs[prefix]
-                    urgent = run.handle(lane, event)  # a column finished or got its first token
-                    self.peak_rows = max(self.peak_rows, len(engine.rows))
-                    if urgent or time.perf_counter() - last[0] >= refresh:
-                        last[0] = time.perf_counter()
-                        out.put(_snapshot(run.columns))
-                    self._close_done(runs)
-                    self._admit(engine, runs)  # requests that arrived meanwhile join between two steps
-                for run, out, _, _ in runs.values():  # the engine is empty: whatever is left is done
-                    run.finish()
-                    out.put(_snapshot(run.columns))
-                    out.put(_DONE)
-                runs.clear()
+                with all_cores():  # every core while a batch runs; none held while it waits (models/threads.py)
+                    self._decode(engine, runs)
             except Exception as exc:  # the model forward failed: every request in this batch ends with it
                 log.warning("shared batch failed: %s", exc)
                 for _, out, _, _ in runs.values():
                     out.put(exc)
                 runs.clear()
                 engine = Engine(self.adapter, isolate_errors=True)
+
+    def _decode(self, engine: Engine, runs: dict) -> None:
+        """Step the engine until it is empty, admitting requests that arrive meanwhile."""
+        self._admit(engine, runs)
+        for lane, event in engine.run():
+            prefix = lane.split("/", 1)[0] + "/"
+            run, out, refresh, last = runs[prefix]
+            urgent = run.handle(lane, event)  # a column finished or got its first token
+            self.peak_rows = max(self.peak_rows, len(engine.rows))
+            if urgent or time.perf_counter() - last[0] >= refresh:
+                last[0] = time.perf_counter()
+                out.put(_snapshot(run.columns))
+            self._close_done(runs)
+            self._admit(engine, runs)  # requests that arrived meanwhile join between two steps
+        for run, out, _, _ in runs.values():  # the engine is empty: whatever is left is done
+            run.finish()
+            out.put(_snapshot(run.columns))
+            out.put(_DONE)
+        runs.clear()
 
     def _admit(self, engine: Engine, runs: dict) -> None:
         with self._cond:

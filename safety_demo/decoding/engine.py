@@ -18,6 +18,7 @@ import torch
 
 from ..inputs import LIMITS, InputError
 from ..models.base import DecodeState, ForwardOut, Request, VLMAdapter
+from ..models.threads import all_cores
 from ..trace import StepRecord, Timings, Trace
 from .policy import RUN_FACTS, Decision, Policy, VanillaPolicy, View
 from .rows import RowMap
@@ -228,7 +229,8 @@ class Engine:
             self._gather(index)  # e.g. SafeSteer's row 0 repeated k times, one per candidate
             tokens = torch.tensor([t for _, toks in feeds.values() for t in toks], dtype=torch.long, device=self.adapter.device)  # [B]
             t0 = time.perf_counter()
-            out = self.adapter.step(tokens, self.state)  # ONE forward for all: logits [B, V], hidden [B, D]
+            with all_cores():  # a no-op outside a server (models/threads.py)
+                out = self.adapter.step(tokens, self.state)  # ONE forward for all: logits [B, V], hidden [B, D]
             seconds = time.perf_counter() - t0
             keep = {}
             for name in self.rows.names:  # lookahead lanes choose, every lane records its token
@@ -261,7 +263,8 @@ class Engine:
                 unique.append(req)
         layout = [next(i for i, u in enumerate(unique) if u is r) for lane in lanes for r in lane.requests]
         t0 = time.perf_counter()
-        out = self.adapter.prefill(unique)  # logits [U, V], hidden [U, D], one KV cache
+        with all_cores():
+            out = self.adapter.prefill(unique)  # logits [U, V], hidden [U, D], one KV cache
         if layout != list(range(len(unique))):
             out = out.index_select(layout)  # [R_new] rows: lane blocks
         now = time.perf_counter()

@@ -12,6 +12,7 @@ from collections import OrderedDict
 
 from ..inputs import shown
 from .base import DecodeState, ForwardOut, ModelLoadError, Request, VLMAdapter
+from .threads import all_cores
 
 BUILTIN_MODELS = {
     "builtin": "Built-in pipeline VLM: Qwen2.5-Coder-0.5B-Instruct + EfficientNet-Lite0 + OCR (CPU, offline)",
@@ -53,7 +54,8 @@ def load_adapter(name: str = DEFAULT_MODEL) -> VLMAdapter:
             while len(_LOADED) >= max_models():
                 _LOADED.popitem(last=False)  # let the least recently used model go
                 _free_accelerator_memory()
-            _LOADED[name] = _load(name)
+            with all_cores():  # a no-op outside a server (threads.py)
+                _LOADED[name] = _load(name)
         _LOADED.move_to_end(name)
         return _LOADED[name]
 

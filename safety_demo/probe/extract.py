@@ -8,6 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.base import Request, VLMAdapter
+from ..models.threads import all_cores
 
 
 @torch.no_grad()
@@ -23,7 +24,8 @@ def extract_h0(
     bar = tqdm(total=len(requests), desc=desc, disable=not progress, unit="item")
     for start in range(0, len(requests), batch_size):
         batch = [r() if callable(r) else r for r in requests[start : start + batch_size]]
-        out[start : start + len(batch)] = adapter.prefill(batch).hidden.float().cpu().numpy()
+        with all_cores():  # a no-op outside a server (models/threads.py)
+            out[start : start + len(batch)] = adapter.prefill(batch).hidden.float().cpu().numpy()
         bar.update(len(batch))
     bar.close()
     return out
