@@ -2,17 +2,20 @@
 
 The app decodes on the shared batch's thread while other threads (the one that loaded the model,
 Gradio's workers) have run torch ops too. Times ms per `adapter.step` of the built-in model, one
-row, in three settings, interleaved over repeats (medians):
+row, in four settings, interleaved over repeats (medians):
   * the main thread decodes, no other team (the CLI, the bench);
   * a second thread decodes while the main thread keeps the team its last op left (the app before
     `models/threads.py`);
-  * a second thread decodes inside `all_cores()` in `serve_mode()`: no other team is left (the app now).
+  * a second thread decodes inside `all_cores()` in `serve_mode()`: no other team is left (the app now);
+  * the same, with `all_cores()` taken and let go around each step, as the engine does when it
+    runs outside the shared batch (a branch, the attack composer): the team is made anew each step.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
 import threading
+import time
 
 import torch
 
@@ -55,6 +58,14 @@ def main(argv: list[str] | None = None) -> None:
         with threads.all_cores():
             return step_ms(adapter, request, 1, args.steps)
 
+    def claimed_per_step() -> float:
+        out = adapter.prefill([request])
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            with threads.all_cores():
+                out = adapter.step(out.logits.argmax(-1), out.state)
+        return (time.perf_counter() - t0) / args.steps * 1000
+
     def with_idle_team_elsewhere() -> float:
         gomp.omp_set_num_threads(cores)  # the main thread runs one op on every core, as a loading thread did ...
         torch.ones(1 << 22).sum()
@@ -68,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         "main thread, no other team": decode,
         "second thread, the main thread's team idle (the app before)": with_idle_team_elsewhere,
         "second thread in all_cores(), no other team (the app now)": lambda: _in_thread(decode),
+        "second thread, all_cores() around each step (a branch, the composer)": lambda: _in_thread(claimed_per_step),
     }
     for fn in settings.values():  # warm-up: oneDNN builds its kernels on first use
         fn()

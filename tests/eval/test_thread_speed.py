@@ -1,4 +1,4 @@
-"""`thread_speed` runs its three settings on the built-in fast model and prints one row each."""
+"""`thread_speed` runs its four settings on the built-in fast model and prints one row each."""
 from __future__ import annotations
 
 import os
@@ -17,5 +17,5 @@ def test_thread_speed_times_a_step_in_each_setting():
     out = subprocess.run([sys.executable, "-m", "safety_demo.eval.thread_speed", "--variant", "fast", "--steps", "2", "--repeats", "1"],
                          capture_output=True, text=True, timeout=600, check=True, env={**os.environ, "PYTHONPATH": os.getcwd()}).stdout
     rows = [line for line in out.splitlines() if line.startswith("| ") and "ms per step" not in line]
-    assert len(rows) == 3, out
+    assert len(rows) == 4, out
     assert all(float(row.split("|")[2]) > 0 for row in rows)
