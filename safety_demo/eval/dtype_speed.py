@@ -1,12 +1,16 @@
 """What a CPU decode step costs by dtype, weight layout and row count: `python -m safety_demo.eval.dtype_speed`.
 
-Three tables (the first two medians over repeats, the third one profiled pass), every ratio from this one run:
+Four tables (medians over repeats but the third, one profiled pass), every ratio from this one run:
   * kernels: GB/s that 24 [896 -> 4864] linear layers (the built-in model's MLP, 209 MB in
     bfloat16) stream for 1, 3 and 8 rows, with `F.linear` on plain weights and with weights
     pre-packed for oneDNN (`models/packed.py`), in float32 and bfloat16;
   * steps: ms per `adapter.step` of the built-in model (KV cache warm) in the same four settings;
   * where a one-row step goes, from `torch.profiler`: the linear layers' kernels (and the GB/s
-    they stream) against everything else (norms, rotary embedding, attention, the cache, Python).
+    they stream) against everything else (norms, rotary embedding, attention, the cache, Python);
+  * attention for one query row (the built-in model's 14 query heads on 2 key/value heads): us per
+    call with torch's GQA path (`enable_gqa=True`, what transformers' sdpa calls for a row without
+    padding) and with the query heads stacked per key/value head (`models/attention.py`), and a
+    one-row step after a long prompt with each.
 Why it matters: the side-by-side view decodes 3 to 8 rows per step, and only a kernel whose cost
 barely grows with the row count makes three answers cost about one; a decode step is
 memory-bound, so GB/s is the speed.
@@ -20,6 +24,7 @@ import time
 import torch
 
 from ..models import Request, VLMAdapter
+from ..models.attention import NAME as STACKED
 from ..models.builtin.adapter import BuiltinAdapter
 from ..models.builtin.assemble import build_builtin
 from ..models.cpu import cpu_name
@@ -66,6 +71,24 @@ def step_breakdown(adapter: VLMAdapter, request: Request, steps: int) -> tuple[f
     return linear_us / 1e3 / steps, total_ms
 
 
+@torch.no_grad()
+def attention_us(dtype: torch.dtype, positions: int, stacked: bool, repeats: int = 7) -> float:
+    """us per attention call of one query row over `positions` cached keys (14 heads on 2, d = 64)."""
+    F = torch.nn.functional
+    q = torch.randn(1, 14, 1, 64, dtype=dtype)
+    k, v = torch.randn(2, 1, 2, positions, 64, dtype=dtype)
+    if stacked:
+        call = lambda: F.scaled_dot_product_attention(q.reshape(1, 2, 7, 64), k, v, scale=0.125)  # noqa: E731
+    else:
+        call = lambda: F.scaled_dot_product_attention(q, k, v, scale=0.125, enable_gqa=True)  # noqa: E731
+    return median_seconds(lambda: [call() for _ in range(100)], repeats) / 100 * 1e6
+
+
+def long_step_ms(adapter: BuiltinAdapter, request: Request, steps: int) -> float:
+    """ms per one-row step after `request`, in whatever attention the adapter's model is set to."""
+    return _decode_ms(adapter, adapter.prefill([request]), steps)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="default", choices=["default", "fast"])
@@ -109,6 +132,25 @@ def main(argv: list[str] | None = None) -> None:
         linear, total = step_breakdown(adapter, request, args.steps)
         gbs = model_bytes(adapter) / (linear / 1e3) / 1e9
         print(f"| {name}, {'packed' if packed else 'plain'} | {total:.1f} | {linear:.1f} | {gbs:.1f} | {total - linear:.1f} |")
+
+    positions = (64, 256, 1024)
+    print("\nAttention for one query row: us per call (14 query heads on 2 key/value heads), median of 7\n")
+    print("| dtype | " + " | ".join(f"{n} positions: GQA path / stacked" for n in positions) + " |\n|---|" + "---|" * len(positions))
+    for name, dtype in DTYPES.items():
+        cells = [(attention_us(dtype, n, False), attention_us(dtype, n, True)) for n in positions]
+        print(f"| {name} | " + " | ".join(f"{a:.0f} / {b:.0f} ({a / b:.1f}x)" for a, b in cells) + " |")
+    long = Request(request.image, "Describe this photo. " + "Then describe its colours, its light and its shapes once more. " * 40)
+    print(f"\nA one-row step after a {len(long.prompt)}-character prompt, ms per step over {args.steps} steps, median of {args.repeats} repeats interleaved\n")
+    print("| setting | transformers' sdpa | stacked GQA | stacked ÷ sdpa |\n|---|---|---|---|")
+    for (name, packed), adapter in adapters.items():
+        times: dict[str, list[float]] = {"sdpa": [], STACKED: []}
+        for _ in range(args.repeats):
+            for implementation in times:
+                adapter.model.set_attn_implementation(implementation)
+                times[implementation].append(long_step_ms(adapter, long, args.steps))
+        adapter.model.set_attn_implementation(STACKED)
+        a, b = statistics.median(times["sdpa"]), statistics.median(times[STACKED])
+        print(f"| {name}, {'packed' if packed else 'plain'} | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
 
 
 if __name__ == "__main__":

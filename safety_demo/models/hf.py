@@ -33,6 +33,7 @@ import torch
 
 from ..inputs import shown
 from .base import DecodeState, ForwardOut, ModelLoadError, Request, VLMAdapter
+from .attention import use_stacked_gqa
 from .packed import pack_linears
 
 ALLOW_ENV = "SAFETY_DEMO_ALLOWED_MODELS"  # comma-separated repo ids allowed beyond the presets
@@ -301,6 +302,7 @@ class HFAdapter(VLMAdapter):
     def __init__(self, model, processor, *, name: str, model_id: str, description: str = ""):
         self.model = model.eval()
         self.packed = pack_linears(model)  # on the CPU: weights laid out for oneDNN once (models/packed.py)
+        self.stacked_gqa = use_stacked_gqa(model)  # on the CPU: a decode row's attention on the fast kernel (models/attention.py)
         self.processor = processor
         self.tokenizer = processor.tokenizer
         # left padding: every row ends at the same column, so [:, -1] is each row's last token

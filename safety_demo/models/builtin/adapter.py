@@ -36,6 +36,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
+from ..attention import use_stacked_gqa
 from ..base import DecodeState, ForwardOut, ModelLoadError, Request, VLMAdapter
 from ..cpu import cpu_dtype
 from ..packed import pack_linears
@@ -126,6 +127,7 @@ class BuiltinAdapter(VLMAdapter):
             ) from None
         self.model.eval()
         self.packed = pack_linears(self.model, pack)  # weights laid out for oneDNN once (None: SAFETY_DEMO_PACK decides)
+        self.stacked_gqa = use_stacked_gqa(self.model)  # a decode row's attention on the fast kernel (models/attention.py)
         self.vision = vision or shared_vision()
         self.eos_token_ids = self._eos_ids()
         self.embed = self.model.get_input_embeddings()
