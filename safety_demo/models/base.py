@@ -56,12 +56,35 @@ class DecodeState:
     def index_select(self, rows: torch.Tensor | Sequence[int]) -> "DecodeState":
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.attention_mask.device)
         self.cache.batch_select_indices(rows.to(_cache_device(self.cache, rows.device)))  # (CPU rows for a cache split over GPUs)
-        return DecodeState(
+        kept = DecodeState(
             cache=self.cache,
             attention_mask=self.attention_mask[rows],
             extras={k: v[rows.to(v.device)] for k, v in self.extras.items()},
         )
+        return kept.trim_padding()
 
+    def trim_padding(self) -> "DecodeState":
+        """Drop, in place, the columns that are padding in every row.
+
+        Rows padded beside a longer row (SafeCoDe's real image beside its noised one, a lane beside
+        a longer lane) keep that padding after the longer row leaves; without it a row decoding alone
+        has no mask, and attention skips the columns and takes its fast kernel (`models/attention.py`).
+        Positions are counted from the mask and the keys already carry theirs, so nothing else
+        changes. Caches without plain per-layer keys and values (sliding windows) are left as they are.
+        """
+        real = (self.attention_mask != 0).any(0)  # [T] columns some row attends to
+        layers = getattr(self.cache, "layers", None)
+        plain = layers is not None and all(
+            not getattr(layer, "is_sliding", False) and isinstance(getattr(layer, "keys", None), torch.Tensor)
+            and layer.keys.shape[-2] == real.shape[0] for layer in layers)
+        if bool(real.all()) or not plain:
+            return self
+        columns = real.nonzero().squeeze(1)
+        for layer in layers:
+            index = columns.to(layer.keys.device)
+            layer.keys, layer.values = layer.keys.index_select(-2, index), layer.values.index_select(-2, index)
+        self.attention_mask = self.attention_mask[:, columns]
+        return self
 
     def concat(self, other: "DecodeState") -> "DecodeState":
         """This state's rows, then `other`'s: rows that joined later (a lane arriving mid-decode).

@@ -175,6 +175,24 @@ def test_left_padded_rows_equal_single_rows(fast):
         torch.testing.assert_close(batch_step.logits[i], alone_step.logits[0], atol=1e-4, rtol=1e-4)
 
 
+def test_a_row_kept_from_a_padded_batch_drops_the_padding_and_goes_on_as_alone(fast):
+    """SafeCoDe's real row after its noised row leaves: the batch padded the shorter row after the
+    shared template prefix; the kept row has no padding column left (so no mask: attention's fast
+    path) and decodes as it does alone."""
+    short, longer = Request(white(), "Hi"), Request(cat_photo(), "Describe this photo in great detail, please.")
+    batch = fast.prefill([short, longer])
+    assert not bool(batch.state.attention_mask[0].all()), "expected the short row to be padded"
+    alone = fast.prefill([short])
+    kept = batch.index_select([0])
+    assert bool(kept.state.attention_mask.all())
+    assert kept.state.attention_mask.shape == alone.state.attention_mask.shape
+    assert all(layer.keys.shape[-2] == alone.state.attention_mask.shape[1] for layer in kept.state.cache.layers)
+    for _ in range(4):
+        token = alone.logits.argmax(-1)
+        kept, alone = fast.step(token, kept.state), fast.step(token, alone.state)
+        torch.testing.assert_close(kept.logits, alone.logits, atol=1e-4, rtol=1e-4)
+
+
 def test_shared_prefix_cache_equals_a_plain_forward(fast):
     """Rows reuse the template prefix's KV (computed once); the result equals one plain forward
     over the whole row, with no cache at all."""

@@ -117,6 +117,28 @@ def test_plumbing_left_padded_batch_matches_single_rows(tiny: HFAdapter):
             assert _close(batch.logits[i], single.logits[0]), f"row {i} step {step} differs"
 
 
+def test_plumbing_a_padded_row_kept_alone_loses_its_padding_and_decodes_the_same(tiny: HFAdapter):
+    """SafeCoDe's real row beside a longer noised row, then alone: the padding columns go with
+    the longer row (no mask, so attention's fast path), and the answer stays the row's own."""
+    short, long = Request(_image(3, (64, 48)), "Hi"), Request(_image(4, (40, 72)), "What is shown in this picture, in detail?")
+    batch = tiny.prefill([short, long])
+    single = tiny.prefill([short])
+    padded = int((batch.state.attention_mask[0] == 0).sum())
+    assert padded > 0, "expected the short row to be left-padded"
+    width = batch.state.attention_mask.shape[1]
+    kept = batch.index_select([0])
+    if any(getattr(layer, "is_sliding", False) for layer in kept.state.cache.layers):
+        assert kept.state.attention_mask.shape[1] == width  # a sliding window's cache is left as it is
+    else:
+        width = single.state.attention_mask.shape[1]
+        assert kept.state.attention_mask.shape[1] == width and bool(kept.state.attention_mask.all())
+        assert all(layer.keys.shape[-2] == width for layer in kept.state.cache.layers)
+    for step in range(3):
+        token = _greedy(single)
+        kept, single = tiny.step(token, kept.state), tiny.step(token, single.state)
+        assert _close(kept.logits, single.logits), f"step {step} differs"
+
+
 def test_plumbing_reindexed_candidates_match_single_steps(tiny: HFAdapter):
     """Candidate reranking: repeat row 0 k times, step k different tokens, keep one row."""
     out = tiny.prefill([REQ])
