@@ -73,12 +73,14 @@ class DecodeState:
         changes. Caches without plain per-layer keys and values (sliding windows) are left as they are.
         """
         real = (self.attention_mask != 0).any(0)  # [T] columns some row attends to
-        layers = getattr(self.cache, "layers", None)
-        plain = layers is not None and all(
-            not getattr(layer, "is_sliding", False) and isinstance(getattr(layer, "keys", None), torch.Tensor)
-            and layer.keys.shape[-2] == real.shape[0] for layer in layers)
-        if bool(real.all()) or not plain:
+        if bool(real.all()):
             return self
+        try:
+            layers = _plain_layers(self.cache)
+        except ValueError:
+            return self
+        if any(layer.keys.shape[-2] != real.shape[0] for layer in layers):
+            return self  # a cache not laid out column for column with the mask
         columns = real.nonzero().squeeze(1)
         for layer in layers:
             index = columns.to(layer.keys.device)
