@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 NAME = "sdpa_stacked_gqa"  # the attn_implementation a model on the CPU is switched to
+UNUSUAL = ("position_bias", "cache", "softcap", "s_aux")  # given any of these, transformers' sdpa decides
 
 
 def stacked_gqa_attention(
@@ -37,7 +38,8 @@ def stacked_gqa_attention(
 
     B, H, Q, d = query.shape
     kv_heads = key.shape[1]
-    if Q != 1 or attention_mask is not None or H == kv_heads or kwargs.get("position_bias") is not None:
+    plain = all(kwargs.get(name) is None for name in UNUSUAL) and not kwargs.get("dropout", 0.0)
+    if Q != 1 or attention_mask is not None or H == kv_heads or not plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     stacked = query.reshape(B, kv_heads, H // kv_heads, d)  # one query row per head -> rows of its KV head
     out = F.scaled_dot_product_attention(stacked, key, value, scale=scaling)  # [B, Hkv, H/Hkv, d]

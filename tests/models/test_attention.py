@@ -65,6 +65,17 @@ def test_every_other_call_is_transformers_sdpa_to_the_bit(queries, masked):
     assert torch.equal(mine, theirs)
 
 
+@pytest.mark.parametrize("extra", [{"dropout": 0.5}, {"position_bias": torch.zeros(1, 6, 1, 9)}, {"softcap": 30.0}])
+def test_a_call_with_what_only_sdpa_handles_goes_to_sdpa(monkeypatch, extra):
+    """Dropout, a position bias, a softcap: the fast path would drop them; sdpa's code decides."""
+    calls = []
+    monkeypatch.setattr("transformers.integrations.sdpa_attention.sdpa_attention_forward",
+                        lambda *args, **kwargs: calls.append(kwargs) or ("sdpa", None))
+    assert stacked_gqa_attention(Layer(), *qkv(1, 1, 9), None, scaling=0.25, **extra)[0] == "sdpa"
+    assert calls and all(calls[0][k] is v for k, v in extra.items())
+    assert stacked_gqa_attention(Layer(), *qkv(1, 1, 9), None, scaling=0.25)[0].shape == (1, 1, 6, 16)  # without them: the fast path
+
+
 def test_only_a_model_on_the_cpu_using_sdpa_is_switched():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
