@@ -39,19 +39,56 @@ class PackedLinear(nn.Module):
     reads it (a tied input embedding, `weight.dtype`). Inference only: no autograd through it,
     and a later change to `weight` is not seen."""
 
-    def __init__(self, linear: nn.Linear, rows: int | None = None) -> None:
+    def __init__(self, linear: nn.Linear, rows: int | None = None, shared: tuple[SharedInput, int] | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias  # the same Parameters: ties survive
         self.rows = layout_rows(linear.weight.dtype, linear.in_features) if rows is None else rows
-        packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), self.rows)
-        self.register_buffer("packed", packed, persistent=False)  # not in state_dict: rebuilt at load
+        self.shared, self.part = shared or (None, 0)  # one product with its siblings, and this layer's slice
+        if self.shared is None:
+            packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), self.rows)
+            self.register_buffer("packed", packed, persistent=False)  # not in state_dict: rebuilt at load
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shared is not None:
+            return self.shared.take(x, self.part)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, packed=oneDNN (rows={self.rows})"
+        fused = f", fused with its siblings (part {self.part})" if self.shared is not None else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, packed=oneDNN (rows={self.rows}){fused}"
+
+
+class SharedInput:
+    """One packed product for sibling layers that read the same input (a layer's q, k and v
+    projections; an MLP's gate and up projections), computed once per input and sliced.
+
+    Fewer, larger products stream the weights faster: 24 fused [896 -> 1152] q/k/v layers took
+    1.28-1.44 ms against 2.15-2.34 ms as 72 separate ones, and gate+up 9.7-11.4 ms against
+    10.6-11.6 ms (bfloat16, 1 row, 2-core AMD EPYC with avx512_bf16); a one-row step of the built-in
+    model, 25.3 against 26.0 ms (medians of 15 interleaved pairs of 32 steps, the same tokens), for
+    72 MB more RSS once loaded (the concatenated weights are made before packing). Each slice has the bits its
+    own packed layer gives (tested). The siblings are called one after another on the same tensor
+    object, so the product waits for them until each has taken its slice (then it is let go: a
+    prefill's products are large); any other call computes afresh. The state is one tuple, read
+    and replaced whole, so a second thread can only cause a recompute, never a wrong slice."""
+
+    def __init__(self, layers: list[nn.Linear]) -> None:
+        weight = torch.cat([layer.weight.detach() for layer in layers])
+        self.bias = torch.cat([layer.bias.detach() for layer in layers]) if layers[0].bias is not None else None
+        self.rows = layout_rows(weight.dtype, weight.shape[1])
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, self.rows)
+        self.sizes = [layer.out_features for layer in layers]
+        self.last: tuple = (None, (), frozenset())  # (input, its slices, parts not yet taken)
+
+    def take(self, x: torch.Tensor, part: int) -> torch.Tensor:
+        seen, outputs, waiting = self.last
+        if seen is not x or part not in waiting:
+            y = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+            outputs, waiting = torch.split(y, self.sizes, dim=-1), frozenset(range(len(self.sizes)))
+        waiting = waiting - {part}
+        self.last = (x, outputs, waiting) if waiting else (None, (), frozenset())
+        return outputs[part]
 
 
 @functools.cache
@@ -117,14 +154,35 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
 def pack_linears(model: nn.Module, enabled: bool | None = None) -> int:
     """Swap every `nn.Linear` of a model that lies wholly on the CPU for a `PackedLinear`; returns
     how many were swapped (0 when turned off, unsupported, or any weight is elsewhere: a GPU, a
-    layer split by accelerate). `enabled`: None reads `SAFETY_DEMO_PACK`. The model must be in eval
-    mode and stay where it is."""
+    layer split by accelerate). `enabled`: None reads `SAFETY_DEMO_PACK`. Siblings (`SIBLINGS`)
+    share one packed product (`SharedInput`). The model must be in eval mode and stay where it is."""
     on_cpu = getattr(model, "hf_device_map", None) is None and all(p.device.type == "cpu" for p in model.parameters())
     layers = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear]
     dtypes = {m.weight.dtype for _, m in layers}
     if not layers or not on_cpu or not (wanted() if enabled is None else enabled) or not all(supported(d) for d in dtypes):
         return 0
+    shared = siblings(model)
     for name, layer in layers:
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, PackedLinear(layer))
+        fused = shared.get(id(layer))
+        setattr(model.get_submodule(parent_name), child, PackedLinear(layer, fused[0].rows if fused else None, fused))
     return len(layers)
+
+
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # layers called in turn on one input
+
+
+def siblings(model: nn.Module) -> dict[int, tuple[SharedInput, int]]:
+    """id of each plain `nn.Linear` in a group of `SIBLINGS` alike in input size, dtype and bias ->
+    (the group's `SharedInput`, its slice)."""
+    found: dict[int, tuple[SharedInput, int]] = {}
+    for module in model.modules():
+        for names in SIBLINGS:
+            layers = [getattr(module, n, None) for n in names]
+            if not all(type(layer) is nn.Linear for layer in layers):
+                continue
+            if len({(layer.in_features, layer.weight.dtype, layer.bias is not None) for layer in layers}) != 1:
+                continue
+            shared = SharedInput(layers)
+            found.update({id(layer): (shared, part) for part, layer in enumerate(layers)})
+    return found

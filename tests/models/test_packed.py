@@ -125,3 +125,58 @@ def test_a_model_split_by_accelerate_is_left_alone():
     model = _TiedLM().eval()
     model.hf_device_map = {"embed": "cpu", "block": "disk", "head": "cpu"}
     assert pack_linears(model, enabled=True) == 0 and type(model.head) is nn.Linear
+
+
+class _Attention(nn.Module):
+    """Siblings as transformers names them: q, k and v read the same input, one after another."""
+
+    def __init__(self, dtype: torch.dtype, bias: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(80, n, bias=bias).to(dtype) for n in (96, 32, 32))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(torch.bfloat16, marks=needs_bf16), pytest.param(torch.float32, marks=needs_fp32)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_fused_siblings_give_each_layer_its_own_bits(dtype, bias, rows):
+    """One product for q, k and v, sliced: the bits each packed layer gives alone."""
+    separate, fused = _Attention(dtype, bias).eval(), _Attention(dtype, bias).eval()
+    separate.q_proj, separate.k_proj, separate.v_proj = (PackedLinear(l) for l in (separate.q_proj, separate.k_proj, separate.v_proj))
+    assert pack_linears(fused, enabled=True) == 3
+    assert fused.q_proj.shared is fused.v_proj.shared is not None and "fused" in repr(fused.k_proj)
+    assert not hasattr(fused.q_proj, "packed")  # no copy of its own beside the shared one
+    x = torch.randn(rows, 1, 80).to(dtype)
+    with torch.no_grad():
+        for mine, theirs in zip(fused(x), separate(x)):
+            assert torch.equal(mine, theirs)
+
+
+@needs_bf16
+def test_the_shared_product_is_computed_once_and_let_go(monkeypatch):
+    model = _Attention(torch.bfloat16, True).eval()
+    pack_linears(model, enabled=True)
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(a[0].shape) or real(*a))
+    x = torch.randn(1, 5, 80).bfloat16()
+    with torch.no_grad():
+        q, k, v = model(x)
+    assert len(calls) == 1 and (q.shape[-1], k.shape[-1], v.shape[-1]) == (96, 32, 32)
+    assert model.q_proj.shared.last[0] is None  # every slice taken: a prefill's product is not kept
+    with torch.no_grad():  # a sibling alone on another tensor (cross-attention): computed afresh, right
+        other = torch.randn(2, 80).bfloat16()
+        assert torch.equal(model.k_proj(other), F.linear(other, model.k_proj.weight, model.k_proj.bias))
+        assert torch.equal(model.k_proj(other), F.linear(other, model.k_proj.weight, model.k_proj.bias))
+
+
+def test_siblings_unalike_are_not_fused():
+    """q with a bias and k, v without: three products, as before."""
+    if not supported(torch.float32):
+        pytest.skip("this torch build cannot pack float32 weights")
+    model = _Attention(torch.float32, True).eval()
+    model.k_proj, model.v_proj = nn.Linear(80, 32, bias=False), nn.Linear(80, 32, bias=False)
+    assert pack_linears(model, enabled=True) == 3 and model.q_proj.shared is None and hasattr(model.q_proj, "packed")
