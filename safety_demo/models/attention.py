@@ -8,7 +8,8 @@ AMD EPYC with avx512_bf16), against 10, 18 and 54 us for the same product with t
 each key/value head stacked as 7 query rows. transformers already does the stacking when a mask
 is given (a padded batch); this does it always, so a row decoding alone gets the fast kernel
 too, and alone or in a batch it takes the same one. A one-row bfloat16 step after a 2541-character
-prompt: 38.4 -> 29.2 ms (float32: within noise, 53.3 vs 56.7 ms). Both measured by
+prompt: 38.4 -> 29.2 ms, and 48.9 -> 40.4 ms in a second run (float32, packed: 53.3 vs 56.7 and
+66.0 vs 78.8 ms, within this host's noise, as float32 plain went 0.99x and 0.94x). Both measured by
 `python -m safety_demo.eval.dtype_speed` (its last two tables).
 
 Every other call (a prefill, a vision tower, a model without GQA) goes to transformers' `sdpa`

@@ -11,6 +11,7 @@ A decode step of the built-in model: bfloat16 53.0 -> 30.2 ms; float32 129.9 -> 
 cost 1.23x one row instead of 2.63x (float32 there with the one-row layout, before `layout_rows`
 chose the layout; on an AVX2-only EPYC see `layout_rows`). PyTorch's compiler prepacks CPU linear weights the
 same way when it freezes a model (inductor's `freezing`); this does it without compiling.
+Sibling layers that read one input (q/k/v, gate/up) share one packed product (`SharedInput`).
 
 The cost is memory: the plain weights stay (a tied input embedding reads the head's, and code
 reads `weight`), so the built-in model takes 2790 MB of RSS instead of 1840 MB once loaded.
