@@ -84,11 +84,6 @@ def attention_us(dtype: torch.dtype, positions: int, stacked: bool, repeats: int
     return median_seconds(lambda: [call() for _ in range(100)], repeats) / 100 * 1e6
 
 
-def long_step_ms(adapter: BuiltinAdapter, request: Request, steps: int) -> float:
-    """ms per one-row step after `request`, in whatever attention the adapter's model is set to."""
-    return _decode_ms(adapter, adapter.prefill([request]), steps)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="default", choices=["default", "fast"])
@@ -147,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(args.repeats):
             for implementation in times:
                 adapter.model.set_attn_implementation(implementation)
-                times[implementation].append(long_step_ms(adapter, long, args.steps))
+                times[implementation].append(_decode_ms(adapter, adapter.prefill([long]), args.steps))
         adapter.model.set_attn_implementation(STACKED)
         a, b = statistics.median(times["sdpa"]), statistics.median(times[STACKED])
         print(f"| {name}, {'packed' if packed else 'plain'} | {a:.1f} | {b:.1f} | {b / a:.2f}x |")

@@ -20,6 +20,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from .cpu import wholly_on_cpu
 
 NAME = "sdpa_stacked_gqa"  # the attn_implementation a model on the CPU is switched to
 UNUSUAL = ("position_bias", "cache", "softcap", "s_aux")  # given any of these, transformers' sdpa decides
@@ -35,8 +38,6 @@ def stacked_gqa_attention(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature; returns ([B, Q, H, d], None) as `sdpa` does."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     B, H, Q, d = query.shape
     kv_heads = key.shape[1]
     plain = all(kwargs.get(name) is None for name in UNUSUAL) and not kwargs.get("dropout", 0.0)
@@ -59,7 +60,7 @@ def register() -> None:
 def use_stacked_gqa(model: nn.Module) -> bool:
     """Switch a model that lies wholly on the CPU and uses `sdpa` to `NAME`; True if switched.
     (On a GPU, torch's GQA kernels are the fast ones: nothing changes there.)"""
-    on_cpu = getattr(model, "hf_device_map", None) is None and all(p.device.type == "cpu" for p in model.parameters())
+    on_cpu = wholly_on_cpu(model)
     config = getattr(model, "config", None)
     plan = _plan(config) if config is not None and hasattr(config, "_attn_implementation") else {}
     if not on_cpu or NAME not in str(plan):

@@ -56,3 +56,9 @@ def cpu_name() -> str:
     flags = cpu_flags()
     shown = [f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags]
     return f"{name}, {os.cpu_count()} cores ({', '.join(shown) or 'no AVX-512/AVX2 flags'})"
+
+
+def wholly_on_cpu(model: torch.nn.Module) -> bool:
+    """Every weight on the CPU and none placed by accelerate (over GPUs, or offloaded to disk):
+    where the CPU-only speed-ups (packed weights, stacked attention) apply."""
+    return getattr(model, "hf_device_map", None) is None and all(p.device.type == "cpu" for p in model.parameters())

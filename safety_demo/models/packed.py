@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu import wholly_on_cpu
+
 log = logging.getLogger(__name__)
 PACK_ENV = "SAFETY_DEMO_PACK"
 PACKABLE = (torch.float32, torch.bfloat16)
@@ -157,7 +159,7 @@ def pack_linears(model: nn.Module, enabled: bool | None = None) -> int:
     how many were swapped (0 when turned off, unsupported, or any weight is elsewhere: a GPU, a
     layer split by accelerate). `enabled`: None reads `SAFETY_DEMO_PACK`. Siblings (`SIBLINGS`)
     share one packed product (`SharedInput`). The model must be in eval mode and stay where it is."""
-    on_cpu = getattr(model, "hf_device_map", None) is None and all(p.device.type == "cpu" for p in model.parameters())
+    on_cpu = wholly_on_cpu(model)
     layers = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear]
     dtypes = {m.weight.dtype for _, m in layers}
     if not layers or not on_cpu or not (wanted() if enabled is None else enabled) or not all(supported(d) for d in dtypes):

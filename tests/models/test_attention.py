@@ -69,7 +69,7 @@ def test_every_other_call_is_transformers_sdpa_to_the_bit(queries, masked):
 def test_a_call_with_what_only_sdpa_handles_goes_to_sdpa(monkeypatch, extra):
     """Dropout, a position bias, a softcap: the fast path would drop them; sdpa's code decides."""
     calls = []
-    monkeypatch.setattr("transformers.integrations.sdpa_attention.sdpa_attention_forward",
+    monkeypatch.setattr("safety_demo.models.attention.sdpa_attention_forward",
                         lambda *args, **kwargs: calls.append(kwargs) or ("sdpa", None))
     assert stacked_gqa_attention(Layer(), *qkv(1, 1, 9), None, scaling=0.25, **extra)[0] == "sdpa"
     assert calls and all(calls[0][k] is v for k, v in extra.items())
