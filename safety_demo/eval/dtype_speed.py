@@ -1,12 +1,14 @@
 """What a CPU decode step costs by dtype, weight layout and row count: `python -m safety_demo.eval.dtype_speed`.
 
-Four tables (medians over repeats but the third, one profiled pass), every ratio from this one run:
+Five tables (medians over repeats but the third, one profiled pass), every ratio from this one run:
   * kernels: GB/s that 24 [896 -> 4864] linear layers (the built-in model's MLP, 209 MB in
     bfloat16) stream for 1, 3 and 8 rows, with `F.linear` on plain weights and with weights
     pre-packed for oneDNN (`models/packed.py`), in float32 and bfloat16;
   * steps: ms per `adapter.step` of the built-in model (KV cache warm) in the same four settings;
   * where a one-row step goes, from `torch.profiler`: the linear layers' kernels (and the GB/s
     they stream) against everything else (norms, rotary embedding, attention, the cache, Python);
+  * sibling layers (q/k/v, gate/up) each on its own packed product against one shared product
+    (`models/packed.py::SharedInput`): a one-row step, and whether the greedy tokens are the same;
   * attention for one query row (the built-in model's 14 query heads on 2 key/value heads): us per
     call with torch's GQA path (`enable_gqa=True`, what transformers' sdpa calls for a row without
     padding) and with the query heads stacked per key/value head (`models/attention.py`), and a
@@ -60,6 +62,15 @@ def _decode_ms(adapter: VLMAdapter, out, steps: int) -> float:
     return (time.perf_counter() - t0) / steps * 1000
 
 
+def greedy_tokens(adapter: VLMAdapter, request: Request, n: int) -> list[int]:
+    """The first `n` greedy tokens for `request`."""
+    out, tokens = adapter.prefill([request]), []
+    for _ in range(n):
+        tokens.append(int(out.logits.argmax(-1)[0]))
+        out = adapter.step(out.logits.argmax(-1), out.state)
+    return tokens
+
+
 def step_breakdown(adapter: VLMAdapter, request: Request, steps: int) -> tuple[float, float]:
     """(ms per one-row step in the linear layers' kernels, ms per step in all), profiled over `steps` steps."""
     from torch.profiler import ProfilerActivity, profile
@@ -69,6 +80,19 @@ def step_breakdown(adapter: VLMAdapter, request: Request, steps: int) -> tuple[f
         total_ms = _decode_ms(adapter, out, steps)
     linear_us = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in LINEAR_KERNELS)
     return linear_us / 1e3 / steps, total_ms
+
+
+def share_siblings(model: torch.nn.Module, on: bool) -> int:
+    """Sibling layers (`models/packed.py::SIBLINGS`) on their one shared product, as loaded, or each on
+    a packed product of its own (off), to time the difference; returns how many layers it set."""
+    layers = [m for m in model.modules() if isinstance(m, PackedLinear) and (m.shared is not None or hasattr(m, "own_product_of"))]
+    for layer in layers:
+        if layer.shared is not None:
+            layer.own_product_of = layer.shared  # kept, to switch back
+        if not hasattr(layer, "packed"):
+            layer.register_buffer("packed", torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), layer.rows), persistent=False)
+        layer.shared = layer.own_product_of if on else None
+    return len(layers)
 
 
 @torch.no_grad()
@@ -127,6 +151,21 @@ def main(argv: list[str] | None = None) -> None:
         linear, total = step_breakdown(adapter, request, args.steps)
         gbs = model_bytes(adapter) / (linear / 1e3) / 1e9
         print(f"| {name}, {'packed' if packed else 'plain'} | {total:.1f} | {linear:.1f} | {gbs:.1f} | {total - linear:.1f} |")
+
+    print(f"\nSibling layers (q/k/v, gate/up): a one-row step with each on its own packed product and with one shared product, ms per step over {args.steps} steps, median of {args.repeats} repeats interleaved\n")
+    print("| setting | separate | shared | shared ÷ separate | same tokens |\n|---|---|---|---|---|")
+    for (name, packed), adapter in adapters.items():
+        if not packed:
+            continue
+        times, tokens = {False: [], True: []}, {}
+        for _ in range(args.repeats):
+            for on in times:
+                share_siblings(adapter.model, on)
+                times[on].append(_decode_ms(adapter, adapter.prefill([request]), args.steps))
+                tokens[on] = greedy_tokens(adapter, request, 16)
+        share_siblings(adapter.model, True)
+        a, b = statistics.median(times[False]), statistics.median(times[True])
+        print(f"| {name}, packed | {a:.1f} | {b:.1f} | {b / a:.2f}x | {'yes' if tokens[False] == tokens[True] else 'no'} |")
 
     positions = (64, 256, 1024)
     print("\nAttention for one query row: us per call (14 query heads on 2 key/value heads), median of 7\n")

@@ -3,14 +3,13 @@
 With grouped-query attention (the built-in Qwen2.5: 14 query heads share 2 key/value heads),
 transformers' `sdpa` hands one query row to `F.scaled_dot_product_attention(enable_gqa=True)`
 when the batch has no padding mask (one row, decoding alone), and on the CPU that call is slow
-in bfloat16: 42 us for 64 cached positions, 150 us for 256 and 658 us for 1024 (2 threads, 2-core
-AMD EPYC with avx512_bf16), against 10, 18 and 54 us for the same product with the 7 query heads of
+in bfloat16: 41 us for 64 cached positions, 148 us for 256 and 633 us for 1024 (2 threads, 2-core
+AMD EPYC with avx512_bf16), against 11, 18 and 50 us for the same product with the 7 query heads of
 each key/value head stacked as 7 query rows. transformers already does the stacking when a mask
 is given (a padded batch); this does it always, so a row decoding alone gets the fast kernel
 too, and alone or in a batch it takes the same one. A one-row bfloat16 step after a 2541-character
-prompt: 38.4 -> 29.2 ms, and 48.9 -> 40.4 ms in a second run (float32, packed: 53.3 vs 56.7 and
-66.0 vs 78.8 ms, within this host's noise, as float32 plain went 0.99x and 0.94x). Both measured by
-`python -m safety_demo.eval.dtype_speed` (its last two tables).
+prompt: 33.9 -> 25.6 ms (float32: 0.98-0.99x). Both measured by
+`python -m safety_demo.eval.dtype_speed --repeats 7` (its last two tables).
 
 Every other call (a prefill, a vision tower, a model without GQA) goes to transformers' `sdpa`
 unchanged. Registered with transformers' `AttentionInterface`, under `NAME`.

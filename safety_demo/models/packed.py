@@ -66,11 +66,10 @@ class SharedInput:
     """One packed product for sibling layers that read the same input (a layer's q, k and v
     projections; an MLP's gate and up projections), computed once per input and sliced.
 
-    Fewer, larger products stream the weights faster: 24 fused [896 -> 1152] q/k/v layers took
-    1.28-1.44 ms against 2.15-2.34 ms as 72 separate ones, and gate+up 9.7-11.4 ms against
-    10.6-11.6 ms (bfloat16, 1 row, 2-core AMD EPYC with avx512_bf16); a one-row step of the built-in
-    model, 25.3 against 26.0 ms (medians of 15 interleaved pairs of 32 steps, the same tokens), for
-    72 MB more RSS once loaded (the concatenated weights are made before packing). Each slice has the bits its
+    Fewer, larger products stream the weights faster: a one-row step of the built-in model took
+    30.1 ms against 31.3 in bfloat16 and 53.0 against 55.1 in float32, the same greedy tokens (2-core
+    AMD EPYC with avx512_bf16, `python -m safety_demo.eval.dtype_speed --repeats 7`), for 72 MB more
+    RSS once loaded (the concatenated weights are made before packing). Each slice has the bits its
     own packed layer gives (tested). The siblings are called one after another on the same tensor
     object, so the product waits for them until each has taken its slice (then it is let go: a
     prefill's products are large); any other call computes afresh. The state is one tuple, read

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from safety_demo.eval.dtype_speed import step_breakdown
+from safety_demo.eval.dtype_speed import greedy_tokens, share_siblings, step_breakdown
 from safety_demo.models import Request
 from safety_demo.models.fake import FakeAdapter
 from safety_demo.models.packed import pack_linears
@@ -17,3 +17,17 @@ def test_a_step_is_split_into_linear_kernels_and_the_rest(packed):
         pytest.skip("this torch build cannot pack float32 weights")
     linear, total = step_breakdown(adapter, Request(Image.new("RGB", (64, 64), "orange"), "What is this?"), steps=3)
     assert 0 < linear < total  # a profile that missed the (packed or plain) linear ops would read 0
+
+
+def test_siblings_can_be_timed_apart_and_shared_again():
+    """The sibling table's switch: each layer on its own product, then shared again, same tokens."""
+    adapter = FakeAdapter(seed=0)
+    if not pack_linears(adapter.model, enabled=True):
+        pytest.skip("this torch build cannot pack float32 weights")
+    request = Request(Image.new("RGB", (64, 64), "orange"), "What is this?")
+    shared = greedy_tokens(adapter, request, 6)
+    assert share_siblings(adapter.model, False) > 0
+    assert all(getattr(m, "shared", None) is None for m in adapter.model.modules())
+    assert greedy_tokens(adapter, request, 6) == shared
+    share_siblings(adapter.model, True)
+    assert any(getattr(m, "shared", None) is not None for m in adapter.model.modules())
