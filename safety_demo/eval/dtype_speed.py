@@ -1,18 +1,21 @@
 """What a CPU decode step costs by dtype, weight layout and row count: `python -m safety_demo.eval.dtype_speed`.
 
-Five tables (medians over repeats but the third, one profiled pass), every ratio from this one run:
+Six tables (medians over repeats but the fourth, one profiled pass), every ratio from this one run:
   * kernels: GB/s that 24 [896 -> 4864] linear layers (the built-in model's MLP, 209 MB in
     bfloat16) stream for 1, 3 and 8 rows, with `F.linear` on plain weights and with weights
     pre-packed for oneDNN (`models/packed.py`), in float32 and bfloat16;
   * steps: ms per `adapter.step` of the built-in model (KV cache warm) in the same four settings;
+  * the built-in model's lean step (`models/builtin/lean.py`) against transformers' forward, for 1
+    and 3 rows, and whether the greedy tokens are the same;
   * where a one-row step goes, from `torch.profiler`: the linear layers' kernels (and the GB/s
     they stream) against everything else (norms, rotary embedding, attention, the cache, Python);
   * sibling layers (q/k/v, gate/up) each on its own packed product against one shared product
-    (`models/packed.py::SharedInput`): a one-row step, and whether the greedy tokens are the same;
+    (`models/packed.py::SharedInput`): a one-row step through transformers' forward, and whether
+    the greedy tokens are the same;
   * attention for one query row (the built-in model's 14 query heads on 2 key/value heads): us per
     call with torch's GQA path (`enable_gqa=True`, what transformers' sdpa calls for a row without
     padding) and with the query heads stacked per key/value head (`models/attention.py`), and a
-    one-row step after a long prompt with each.
+    one-row step through transformers' forward after a long prompt with each.
 Why it matters: the side-by-side view decodes 3 to 8 rows per step, and only a kernel whose cost
 barely grows with the row count makes three answers cost about one; a decode step is
 memory-bound, so GB/s is the speed.
@@ -20,6 +23,7 @@ memory-bound, so GB/s is the speed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -69,6 +73,18 @@ def greedy_tokens(adapter: VLMAdapter, request: Request, n: int) -> list[int]:
         tokens.append(int(out.logits.argmax(-1)[0]))
         out = adapter.step(out.logits.argmax(-1), out.state)
     return tokens
+
+
+@contextlib.contextmanager
+def through_transformers(adapter: VLMAdapter):
+    """Decode steps through transformers' forward, not the built-in model's lean step
+    (`models/builtin/lean.py`): what the sibling and attention tables switch inside."""
+    lean = getattr(adapter, "lean_step", None)
+    adapter.lean_step = None
+    try:
+        yield adapter
+    finally:
+        adapter.lean_step = lean
 
 
 def step_breakdown(adapter: VLMAdapter, request: Request, steps: int) -> tuple[float, float]:
@@ -145,6 +161,21 @@ def main(argv: list[str] | None = None) -> None:
         row = [ms[(name, packed, r)] for r in ROWS]
         print(f"| {name}, {'packed' if packed else 'plain'} | " + " | ".join(f"{t:.1f}" for t in row) + f" | {row[0] / base:.2f}x | {row[1] / row[0]:.2f}x |")
 
+    print(f"\nThe lean step (`models/builtin/lean.py`) against transformers' forward: ms per step over {args.steps} steps, median of {args.repeats} repeats interleaved\n")
+    print("| setting | rows | transformers' forward | lean step | lean ÷ forward | same tokens |\n|---|---|---|---|---|---|")
+    for (name, packed), adapter in adapters.items():
+        if getattr(adapter, "lean_step", None) is None:
+            continue
+        for rows in (1, 3):
+            times, tokens = {False: [], True: []}, {}
+            for _ in range(args.repeats):
+                for lean in times:
+                    with contextlib.nullcontext() if lean else through_transformers(adapter):
+                        times[lean].append(step_ms(adapter, request, rows, args.steps))
+                        tokens[lean] = greedy_tokens(adapter, request, 16)
+            a, b = statistics.median(times[False]), statistics.median(times[True])
+            print(f"| {name}, packed | {rows} | {a:.1f} | {b:.1f} | {b / a:.2f}x | {'yes' if tokens[False] == tokens[True] else 'no'} |")
+
     print(f"\nWhere a one-row step goes (torch.profiler over {args.steps} steps; profiling adds a little to the step)\n")
     print("| setting | step ms | linear kernels ms | their GB/s | everything else ms |\n|---|---|---|---|---|")
     for (name, packed), adapter in adapters.items():
@@ -152,17 +183,18 @@ def main(argv: list[str] | None = None) -> None:
         gbs = model_bytes(adapter) / (linear / 1e3) / 1e9
         print(f"| {name}, {'packed' if packed else 'plain'} | {total:.1f} | {linear:.1f} | {gbs:.1f} | {total - linear:.1f} |")
 
-    print(f"\nSibling layers (q/k/v, gate/up): a one-row step with each on its own packed product and with one shared product, ms per step over {args.steps} steps, median of {args.repeats} repeats interleaved\n")
+    print(f"\nSibling layers (q/k/v, gate/up): a one-row step through transformers' forward with each on its own packed product and with one shared product, ms per step over {args.steps} steps, median of {args.repeats} repeats interleaved\n")
     print("| setting | separate | shared | shared ÷ separate | same tokens |\n|---|---|---|---|---|")
     for (name, packed), adapter in adapters.items():
         if not packed:
             continue
         times, tokens = {False: [], True: []}, {}
-        for _ in range(args.repeats):
-            for on in times:
-                share_siblings(adapter.model, on)
-                times[on].append(_decode_ms(adapter, adapter.prefill([request]), args.steps))
-                tokens[on] = greedy_tokens(adapter, request, 16)
+        with through_transformers(adapter):  # the lean step reads the shared products whatever this switch says
+            for _ in range(args.repeats):
+                for on in times:
+                    share_siblings(adapter.model, on)
+                    times[on].append(_decode_ms(adapter, adapter.prefill([request]), args.steps))
+                    tokens[on] = greedy_tokens(adapter, request, 16)
         share_siblings(adapter.model, True)
         a, b = statistics.median(times[False]), statistics.median(times[True])
         print(f"| {name}, packed | {a:.1f} | {b:.1f} | {b / a:.2f}x | {'yes' if tokens[False] == tokens[True] else 'no'} |")
@@ -174,14 +206,15 @@ def main(argv: list[str] | None = None) -> None:
         cells = [(attention_us(dtype, n, False), attention_us(dtype, n, True)) for n in positions]
         print(f"| {name} | " + " | ".join(f"{a:.0f} / {b:.0f} ({a / b:.1f}x)" for a, b in cells) + " |")
     long = Request(request.image, "Describe this photo. " + "Then describe its colours, its light and its shapes once more. " * 40)
-    print(f"\nA one-row step after a {len(long.prompt)}-character prompt, ms per step over {args.steps} steps, median of {args.repeats} repeats interleaved\n")
+    print(f"\nA one-row step through transformers' forward after a {len(long.prompt)}-character prompt, ms per step over {args.steps} steps, median of {args.repeats} repeats interleaved\n")
     print("| setting | transformers' sdpa | stacked GQA | stacked ÷ sdpa |\n|---|---|---|---|")
     for (name, packed), adapter in adapters.items():
         times: dict[str, list[float]] = {"sdpa": [], STACKED: []}
-        for _ in range(args.repeats):
-            for implementation in times:
-                adapter.model.set_attn_implementation(implementation)
-                times[implementation].append(_decode_ms(adapter, adapter.prefill([long]), args.steps))
+        with through_transformers(adapter):  # the lean step always stacks
+            for _ in range(args.repeats):
+                for implementation in times:
+                    adapter.model.set_attn_implementation(implementation)
+                    times[implementation].append(_decode_ms(adapter, adapter.prefill([long]), args.steps))
         adapter.model.set_attn_implementation(STACKED)
         a, b = statistics.median(times["sdpa"]), statistics.median(times[STACKED])
         print(f"| {name}, {'packed' if packed else 'plain'} | {a:.1f} | {b:.1f} | {b / a:.2f}x |")

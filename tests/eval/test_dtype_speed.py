@@ -31,3 +31,18 @@ def test_siblings_can_be_timed_apart_and_shared_again():
     assert greedy_tokens(adapter, request, 6) == shared
     share_siblings(adapter.model, True)
     assert any(getattr(m, "shared", None) is not None for m in adapter.model.modules())
+
+
+def test_through_transformers_sets_the_lean_step_aside_and_back():
+    """The sibling and attention tables time transformers' forward: the lean step is off inside, back after, even on an error."""
+    from types import SimpleNamespace
+
+    from safety_demo.eval.dtype_speed import through_transformers
+
+    lean = object()
+    adapter = SimpleNamespace(lean_step=lean)
+    with pytest.raises(KeyError):
+        with through_transformers(adapter):
+            assert adapter.lean_step is None
+            raise KeyError("a table failed")
+    assert adapter.lean_step is lean

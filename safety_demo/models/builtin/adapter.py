@@ -41,6 +41,7 @@ from ..base import DecodeState, ForwardOut, ModelLoadError, Request, VLMAdapter
 from ..cpu import cpu_dtype
 from ..packed import pack_linears
 from .assemble import build_builtin, check_built, spec_for
+from .lean import LeanStep
 from .vision import ImageReading, Vision
 
 VISION_VERSION = 2  # bump when the visual embeddings change: probe files are keyed by model_id
@@ -128,6 +129,7 @@ class BuiltinAdapter(VLMAdapter):
         self.model.eval()
         self.packed = pack_linears(self.model, pack)  # weights laid out for oneDNN once (None: SAFETY_DEMO_PACK decides)
         self.stacked_gqa = use_stacked_gqa(self.model)  # a decode row's attention on the fast kernel (models/attention.py)
+        self.lean_step = LeanStep.build(self.model)  # decode steps without transformers' per-layer machinery (None: through it)
         self.vision = vision or shared_vision()
         self.eos_token_ids = self._eos_ids()
         self.embed = self.model.get_input_embeddings()
@@ -296,6 +298,9 @@ class BuiltinAdapter(VLMAdapter):
         token_ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1)  # (B,)
         positions = state.attention_mask.sum(-1, keepdim=True)  # (B, 1): real tokens so far
         mask = torch.cat([state.attention_mask, torch.ones_like(state.attention_mask[:, :1])], dim=-1)
+        if self.lean_step is not None:  # the same bits as the forward below (lean.py)
+            logits, hidden = self.lean_step(token_ids, mask, positions, state.cache)
+            return ForwardOut(logits, hidden, DecodeState(cache=state.cache, attention_mask=mask))
         out = self.model(
             input_ids=token_ids[:, None],
             attention_mask=mask,
