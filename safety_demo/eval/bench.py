@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from ..compare import CompareConfig, compare
-from ..decoding import GenerationConfig, generate_many, run_to_end
+from ..decoding import GenerationConfig, Policy, generate_many, run_to_end
 from ..methods import METHODS, build
 from ..models import Request, VLMAdapter, load_adapter
 from ..models.cpu import cpu_name
@@ -83,6 +83,17 @@ def bandwidth_probes(repeats: int = 15) -> dict[str, float]:
     return {k: v / 1e9 for k, v in probes.items()}
 
 
+def settle(adapter: VLMAdapter, request: Request, policy: Policy, gen: GenerationConfig) -> None:
+    """One untimed decode after `bandwidth_probes`: the run right after them is slowed.
+
+    The probes allocate and free 1.25 GB. On a 2-core AMD EPYC (avx512_bf16), five rounds of
+    [vanilla, vanilla, probes, vanilla, vanilla] gave 29.7-33.3 tok/s right after the probes against
+    32.5-38.8 just before (slower in 4 of 5); the second run after them had recovered. SafeCoDe's run
+    came right after the probes, so its ratio read low: 0.83x in a bench at ae07eeb, where six
+    alternating vanilla/SafeCoDe pairs without probes gave a median of 1.05x (0.77-1.14x)."""
+    run_to_end(adapter, request, policy, gen)
+
+
 def model_bytes(adapter: VLMAdapter) -> int:
     """Bytes one decode step streams: every weight once, except an input embedding table that is
     only gathered (one row per token). Tied embeddings are streamed by the output head, once."""
@@ -124,6 +135,7 @@ def run_bench(cfg: BenchConfig, log=print) -> tuple[BenchResult, dict[str, Any]]
                 result.add(f"bandwidth · {name}", gbs)
             bound_tps = max(probes.values()) * 1e9 / size if size else float("nan")
             result.add("bound tok/s", bound_tps)
+            settle(adapter, req, policies["vanilla"], gen)
             sc = run_to_end(adapter, req, policies["safecode"], gen)
             ss = run_to_end(adapter, req, policies["safesteer"], gen)
             both = {n: e.trace for n, e in generate_many(adapter, req, policies, gen) if e.done}

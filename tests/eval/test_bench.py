@@ -50,3 +50,17 @@ def test_bench_json_has_the_named_figures(tmp_path, monkeypatch):
     assert "Bandwidth bound" in text and "[PERF-avx2.md](PERF-avx2.md)" in text  # other CPUs' runs are linked
     probes = figures["facts"]["bandwidth_probes"]
     assert {"fp32 matrix-vector, 256 MB", "fp32 sum, 1 GB"} <= set(probes) and all(0 < gbs < 10_000 for gbs in probes.values())
+
+
+@pytest.mark.slow  # a bench run on the fake model without its probes: about 20 s on 2 cores
+def test_the_run_after_the_bandwidth_probes_is_not_timed(tmp_path, monkeypatch):
+    """The decode right after the probes runs slow (`bench.settle`): an untimed vanilla run takes it, not SafeCoDe's."""
+    from safety_demo.eval import bench
+
+    monkeypatch.setenv("SAFETY_DEMO_FAKE_MODEL", "1")
+    calls: list[str] = []
+    monkeypatch.setattr(bench, "bandwidth_probes", lambda repeats: calls.append("probes") or {"fp32 sum, 1 GB": 10.0})
+    real = bench.run_to_end
+    monkeypatch.setattr(bench, "run_to_end", lambda adapter, req, policy, gen: calls.append(policy.name) or real(adapter, req, policy, gen))
+    bench.run_bench(BenchConfig(model="fake", new_tokens=3, repeats=1, prompts=1, output=None), log=lambda *a: None)
+    assert calls == ["vanilla", "probes", "vanilla", "safecode", "safesteer"]

@@ -1,13 +1,14 @@
 """The built-in LM's decode step, op for op transformers' arithmetic without its per-layer machinery.
 
 A CPU decode step of the built-in Qwen2.5-0.5B spends most of its time streaming ~1 GB of packed
-weights (`models/packed.py`). Around those products, transformers' forward calls ~13 modules a layer
-(each with hooks and output recording), views each of q, k and v apart, rotates q and k one after
-the other, and builds masks, about 230 small torch ops a layer in all. `LeanStep` runs the same
-arithmetic in the same order with one call per shared product (q/k/v, gate/up), q and k rotated in
-one pass (elementwise ops: the same bits either way) and about 40 ops a layer. Its logits, hidden
-state and cache are bit-identical to transformers' forward, in bfloat16 and float32, alone and in
-a padded batch (tests/models/test_lean.py). Prefill keeps transformers' forward.
+weights (`models/packed.py`). Around those products, transformers' forward calls about a dozen
+modules a layer (each through `nn.Module.__call__`, with output-recording hooks), views q, k and v
+apart, rotates q and k one after the other and builds a mask: a few milliseconds of Python and
+small ops a step. `LeanStep` runs the same arithmetic in the same order with one call per shared
+product (q/k/v, gate/up) and q and k rotated in one pass (elementwise ops: the same bits either
+way). Its logits, hidden state and cache are bit-identical to transformers' forward, in bfloat16
+and float32, alone, in a padded batch, and on repeated and kept rows (tests/models/test_lean.py).
+Prefill keeps transformers' forward.
 
 The gain, `python -m safety_demo.eval.dtype_speed` (its "lean step" table), is in README's speed
 section. It is built only for what it was checked against: a Llama-shaped decoder (Qwen2 or Llama:
