@@ -200,7 +200,9 @@ NOTES = """How the ratios come out this way:
 - The built-in model runs in bfloat16 on CPUs with native bf16, float32 elsewhere, and its linear
   layers use weights packed once at load for oneDNN (`safety_demo/models/packed.py`): in float32 laid
   out for the smallest batch whose layout gives a row the same bits alone and in a batch, in bfloat16
-  for one row. What a step of 1, 3 and 8 rows costs on a CPU, plain and packed, in each dtype:
+  for one row. Its decode steps skip transformers' per-layer machinery (`safety_demo/models/builtin/lean.py`:
+  the same ops in the same order, bit for bit the same logits). What a step of 1, 3 and 8 rows costs on
+  a CPU, plain and packed, in each dtype, and with and without the lean step:
   `python -m safety_demo.eval.dtype_speed`.
 """
 
