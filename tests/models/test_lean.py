@@ -110,3 +110,47 @@ def test_only_the_model_it_mirrors_is_fitted(fast):
             continue
         assert not fits(model), change
         assert LeanStep.build(model) is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "bfloat16"])
+def test_a_qwen2_with_projection_biases_gets_transformers_bits(dtype):
+    """The built-in default LM is a Qwen2, whose q/k/v projections carry biases (the `fast` one, a
+    Llama, has none): the same bits on a tiny random Qwen2 with nonzero biases, in a padded batch."""
+    from transformers import DynamicCache
+
+    from safety_demo.models.fake import FakeAdapter
+    from safety_demo.models.packed import pack_linears
+
+    if not supported(dtype):
+        pytest.skip(f"this torch build cannot pack {dtype} weights")
+    adapter = FakeAdapter(seed=0)
+    with torch.no_grad():
+        for layer in adapter.model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_()
+    adapter.model.to(dtype)
+    assert pack_linears(adapter.model, enabled=True) > 0
+    lean = LeanStep.build(adapter.model)
+    assert lean is not None
+    model = adapter.model
+    ids = torch.tensor([[0, 0, 5, 9, 12, 30], [7, 8, 5, 9, 40, 41]])  # row 0 left-padded
+    mask = (ids != 0).long()
+
+    def forward(token_ids, mask, cache):  # transformers' own forward, as the built-in adapter calls it
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -token_ids.shape[1]:]
+        out = model(input_ids=token_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                    use_cache=True, output_hidden_states=True)
+        return out.logits[:, -1].float(), out.hidden_states[-1][:, -1].float()
+
+    caches = [DynamicCache(config=model.config), DynamicCache(config=model.config)]  # one per path
+    reference = forward(ids, mask, caches[0])
+    assert torch.equal(forward(ids, mask, caches[1])[0], reference[0])
+    for _ in range(4):
+        token = reference[0].argmax(-1)
+        positions = mask.sum(-1, keepdim=True)
+        mask = torch.cat([mask, torch.ones_like(token)[:, None]], dim=-1)
+        reference = forward(token[:, None], mask, caches[0])
+        logits, hidden = lean(token, mask, positions, caches[1])
+        assert torch.equal(logits, reference[0]) and torch.equal(hidden, reference[1])
+    for la, lb in zip(caches[0].layers, caches[1].layers):
+        assert torch.equal(la.keys, lb.keys) and torch.equal(la.values, lb.values)
