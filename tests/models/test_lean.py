@@ -154,3 +154,23 @@ def test_a_qwen2_with_projection_biases_gets_transformers_bits(dtype):
         assert torch.equal(logits, reference[0]) and torch.equal(hidden, reference[1])
     for la, lb in zip(caches[0].layers, caches[1].layers):
         assert torch.equal(la.keys, lb.keys) and torch.equal(la.values, lb.values)
+
+
+@pytest.mark.slow  # loads the built-in default model (~1 GB)
+def test_the_default_model_gets_transformers_bits():
+    """The shipped Qwen2.5-0.5B itself, in the dtype this CPU decodes in: alone and padded."""
+    from safety_demo.models.builtin.adapter import BuiltinAdapter
+    from safety_demo.models.builtin.assemble import build_builtin
+    from safety_demo.models.cpu import cpu_dtype
+
+    try:
+        build_builtin("default")
+    except ModelLoadError as e:
+        pytest.skip(f"built-in 'default' weights unavailable: {e}")
+    default = BuiltinAdapter("default", dtype=cpu_dtype())
+    if default.lean_step is None:
+        pytest.skip("this torch build cannot pack the default model's weights")
+    for rows in ([0], [0, 1]):
+        reference, lean = decode_both(default, [requests()[i] for i in rows], 6)
+        for a, b in zip(reference, lean):
+            assert torch.equal(a.logits, b.logits) and torch.equal(a.hidden, b.hidden)
