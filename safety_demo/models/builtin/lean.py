@@ -113,7 +113,7 @@ def fits(model: nn.Module) -> bool:
         return False
     if config.hidden_act != "silu" or getattr(config, "mlp_bias", False) or getattr(config, "pretraining_tp", 1) != 1:
         return False
-    if config._attn_implementation not in ("sdpa", STACKED) or getattr(config, "use_sliding_window", False):
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", STACKED) or getattr(config, "use_sliding_window", False):
         return False
     if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
         return False
