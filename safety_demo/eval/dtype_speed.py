@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import statistics
 import time
+from typing import Callable
 
 import torch
 
@@ -73,6 +74,22 @@ def greedy_tokens(adapter: VLMAdapter, request: Request, n: int) -> list[int]:
         tokens.append(int(out.logits.argmax(-1)[0]))
         out = adapter.step(out.logits.argmax(-1), out.state)
     return tokens
+
+
+def interleaved(switch: Callable[[bool], object], measure: Callable[[], float], repeats: int,
+                tokens: Callable[[], list[int]] | None = None) -> tuple[float, float, bool | None]:
+    """Medians of `measure()` with `switch(False)` and with `switch(True)`, alternated over `repeats`
+    (drift on a shared machine hits both alike), and whether `tokens()` agreed (None: not asked).
+    The switch is left on True."""
+    times: dict[bool, list[float]] = {False: [], True: []}
+    seen: dict[bool, list[int]] = {}
+    for _ in range(repeats):
+        for on in times:
+            switch(on)
+            times[on].append(measure())
+            if tokens is not None:
+                seen[on] = tokens()
+    return statistics.median(times[False]), statistics.median(times[True]), (seen[False] == seen[True]) if tokens else None
 
 
 @contextlib.contextmanager
@@ -166,15 +183,12 @@ def main(argv: list[str] | None = None) -> None:
     for (name, packed), adapter in adapters.items():
         if getattr(adapter, "lean_step", None) is None:
             continue
+        lean = adapter.lean_step
         for rows in (1, 3):
-            times, tokens = {False: [], True: []}, {}
-            for _ in range(args.repeats):
-                for lean in times:
-                    with contextlib.nullcontext() if lean else through_transformers(adapter):
-                        times[lean].append(step_ms(adapter, request, rows, args.steps))
-                        tokens[lean] = greedy_tokens(adapter, request, 16)
-            a, b = statistics.median(times[False]), statistics.median(times[True])
-            print(f"| {name}, packed | {rows} | {a:.1f} | {b:.1f} | {b / a:.2f}x | {'yes' if tokens[False] == tokens[True] else 'no'} |")
+            a, b, same = interleaved(lambda on: setattr(adapter, "lean_step", lean if on else None),
+                                     lambda: step_ms(adapter, request, rows, args.steps), args.repeats,
+                                     lambda: greedy_tokens(adapter, request, 16))
+            print(f"| {name}, packed | {rows} | {a:.1f} | {b:.1f} | {b / a:.2f}x | {'yes' if same else 'no'} |")
 
     print(f"\nWhere a one-row step goes (torch.profiler over {args.steps} steps; profiling adds a little to the step)\n")
     print("| setting | step ms | linear kernels ms | their GB/s | everything else ms |\n|---|---|---|---|---|")
@@ -188,16 +202,11 @@ def main(argv: list[str] | None = None) -> None:
     for (name, packed), adapter in adapters.items():
         if not packed:
             continue
-        times, tokens = {False: [], True: []}, {}
         with through_transformers(adapter):  # the lean step reads the shared products whatever this switch says
-            for _ in range(args.repeats):
-                for on in times:
-                    share_siblings(adapter.model, on)
-                    times[on].append(_decode_ms(adapter, adapter.prefill([request]), args.steps))
-                    tokens[on] = greedy_tokens(adapter, request, 16)
-        share_siblings(adapter.model, True)
-        a, b = statistics.median(times[False]), statistics.median(times[True])
-        print(f"| {name}, packed | {a:.1f} | {b:.1f} | {b / a:.2f}x | {'yes' if tokens[False] == tokens[True] else 'no'} |")
+            a, b, same = interleaved(lambda on: share_siblings(adapter.model, on),
+                                     lambda: _decode_ms(adapter, adapter.prefill([request]), args.steps), args.repeats,
+                                     lambda: greedy_tokens(adapter, request, 16))
+        print(f"| {name}, packed | {a:.1f} | {b:.1f} | {b / a:.2f}x | {'yes' if same else 'no'} |")
 
     positions = (64, 256, 1024)
     print("\nAttention for one query row: us per call (14 query heads on 2 key/value heads), median of 7\n")
@@ -209,14 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nA one-row step through transformers' forward after a {len(long.prompt)}-character prompt, ms per step over {args.steps} steps, median of {args.repeats} repeats interleaved\n")
     print("| setting | transformers' sdpa | stacked GQA | stacked ÷ sdpa |\n|---|---|---|---|")
     for (name, packed), adapter in adapters.items():
-        times: dict[str, list[float]] = {"sdpa": [], STACKED: []}
         with through_transformers(adapter):  # the lean step always stacks
-            for _ in range(args.repeats):
-                for implementation in times:
-                    adapter.model.set_attn_implementation(implementation)
-                    times[implementation].append(_decode_ms(adapter, adapter.prefill([long]), args.steps))
-        adapter.model.set_attn_implementation(STACKED)
-        a, b = statistics.median(times["sdpa"]), statistics.median(times[STACKED])
+            a, b, _ = interleaved(lambda on: adapter.model.set_attn_implementation(STACKED if on else "sdpa"),
+                                  lambda: _decode_ms(adapter, adapter.prefill([long]), args.steps), args.repeats)
         print(f"| {name}, {'packed' if packed else 'plain'} | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
 
 

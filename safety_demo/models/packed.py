@@ -55,7 +55,7 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shared is not None:
             return self.shared.take(x, self.part)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return packed_product(x, self.packed, self.bias)
 
     def extra_repr(self) -> str:
         fused = f", fused with its siblings (part {self.part})" if self.shared is not None else ""
@@ -86,11 +86,17 @@ class SharedInput:
     def take(self, x: torch.Tensor, part: int) -> torch.Tensor:
         seen, outputs, waiting = self.last
         if seen is not x or part not in waiting:
-            y = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+            y = packed_product(x, self.packed, self.bias)
             outputs, waiting = torch.split(y, self.sizes, dim=-1), frozenset(range(len(self.sizes)))
         waiting = waiting - {part}
         self.last = (x, outputs, waiting) if waiting else (None, (), frozenset())
         return outputs[part]
+
+
+def packed_product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ W.T + bias from W's oneDNN-packed copy (what `PackedLinear`, `SharedInput` and the
+    built-in model's lean step call)."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 @functools.cache

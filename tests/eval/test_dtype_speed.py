@@ -46,3 +46,16 @@ def test_through_transformers_sets_the_lean_step_aside_and_back():
             assert adapter.lean_step is None
             raise KeyError("a table failed")
     assert adapter.lean_step is lean
+
+
+def test_interleaved_alternates_the_switch_and_compares_tokens():
+    """Each repeat measures off then on; medians per side; the switch ends on; tokens compared per side."""
+    from safety_demo.eval.dtype_speed import interleaved
+
+    state, order = {"on": None}, []
+    switch = lambda on: state.update(on=on)  # noqa: E731
+    measure = lambda: order.append(state["on"]) or (2.0 if state["on"] else 4.0)  # noqa: E731
+    off, on, same = interleaved(switch, measure, 3, tokens=lambda: [1, 2])
+    assert (off, on, same) == (4.0, 2.0, True) and order == [False, True] * 3 and state["on"] is True
+    assert interleaved(switch, measure, 1)[2] is None
+    assert interleaved(switch, measure, 1, tokens=lambda: [int(state["on"])])[2] is False

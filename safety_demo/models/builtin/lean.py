@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attention import NAME as STACKED
-from ..packed import PackedLinear, SharedInput
+from ..packed import PackedLinear, SharedInput, packed_product
 
 FAMILIES = ("qwen2", "llama")  # model_type values whose decoder layer this mirrors
 
@@ -73,16 +73,16 @@ class LeanStep:
         x = self.embed(token_ids[:, None])  # [B, 1, D]
         cos, sin = (t[:, None] for t in self.rotary(x, positions))  # [B, 1, 1, d]
         for i, layer in enumerate(self.layers):
-            qkv = _product(self._rms(x, layer.norm_in), layer.qkv)  # [B, 1, (H + 2 Hkv) d]
+            qkv = packed_product(self._rms(x, layer.norm_in), *layer.qkv)  # [B, 1, (H + 2 Hkv) d]
             qk = qkv[..., : (H + Hkv) * d].view(B, 1, H + Hkv, d).transpose(1, 2)  # q's heads, then k's
             qk = qk * cos + _rotate_half(qk) * sin  # rotary position embedding, q and k at once
             v = qkv[..., (H + Hkv) * d :].view(B, 1, Hkv, d).transpose(1, 2)
             k, v = cache.update(qk[:, H:], v, i)  # [B, Hkv, T+1, d]
             q = qk[:, :H].reshape(B, Hkv, H // Hkv, d)  # each KV head's query heads as rows (models/attention.py)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=padded, scale=self.scaling)
-            x = x + _product(o.reshape(B, 1, H * d), layer.o)
-            gate_up = _product(self._rms(x, layer.norm_post), layer.gate_up)  # [B, 1, 2I]
-            x = x + _product(F.silu(gate_up[..., : self.intermediate]) * gate_up[..., self.intermediate :], layer.down)
+            x = x + packed_product(o.reshape(B, 1, H * d), *layer.o)
+            gate_up = packed_product(self._rms(x, layer.norm_post), *layer.gate_up)  # [B, 1, 2I]
+            x = x + packed_product(F.silu(gate_up[..., : self.intermediate]) * gate_up[..., self.intermediate :], *layer.down)
         hidden = self.norm(x)
         return self.head(hidden)[:, -1].float(), hidden[:, -1].float()
 
@@ -94,11 +94,6 @@ class LeanStep:
 
 def _weights(layer: PackedLinear | SharedInput) -> tuple[torch.Tensor, torch.Tensor | None]:
     return layer.packed, layer.bias
-
-
-def _product(x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
-    """What `PackedLinear` computes, without the module call."""
-    return torch.ops.mkldnn._linear_pointwise(x, weights[0], weights[1], "none", [], "")
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -124,10 +119,9 @@ def fits(model: nn.Module) -> bool:
         qkv, gate_up = (attn.q_proj, attn.k_proj, attn.v_proj), (mlp.gate_proj, mlp.up_proj)
         if not all(isinstance(p, PackedLinear) for p in (*qkv, *gate_up, attn.o_proj, mlp.down_proj)):
             return False
-        if any(p.shared is not qkv[0].shared or p.part != n for n, p in enumerate(qkv)) or qkv[0].shared is None:
-            return False
-        if any(p.shared is not gate_up[0].shared or p.part != n for n, p in enumerate(gate_up)) or gate_up[0].shared is None:
-            return False
+        for group in (qkv, gate_up):  # each group one shared product, sliced in order
+            if group[0].shared is None or any(p.shared is not group[0].shared or p.part != n for n, p in enumerate(group)):
+                return False
         if attn.o_proj.shared is not None or mlp.down_proj.shared is not None:
             return False
         if qkv[0].shared.sizes != [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]:
