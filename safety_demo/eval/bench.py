@@ -86,11 +86,12 @@ def bandwidth_probes(repeats: int = 15) -> dict[str, float]:
 def settle(adapter: VLMAdapter, request: Request, policy: Policy, gen: GenerationConfig) -> None:
     """One untimed decode after `bandwidth_probes`: the run right after them is slowed.
 
-    The probes allocate and free 1.25 GB. On a 2-core AMD EPYC (avx512_bf16), five rounds of
-    [vanilla, vanilla, probes, vanilla, vanilla] gave 29.7-33.3 tok/s right after the probes against
-    32.5-38.8 just before (slower in 4 of 5); the second run after them had recovered. SafeCoDe's run
-    came right after the probes, so its ratio read low: 0.83x in a bench at ae07eeb, where six
-    alternating vanilla/SafeCoDe pairs without probes gave a median of 1.05x (0.77-1.14x)."""
+    The probes allocate and free 1.25 GB. On a 2-core AMD EPYC (avx512_bf16), an ad hoc script (not
+    shipped) ran five rounds of [vanilla, vanilla, probes, vanilla, vanilla]: 29.7-33.3 tok/s right
+    after the probes against 32.5-38.8 just before (slower in 4 of 5), and the second run after them
+    had recovered. SafeCoDe's run came right after the probes, so its ratio read low: 0.83x in a
+    bench at ae07eeb, where six alternating vanilla/SafeCoDe pairs without probes (another ad hoc
+    script) gave a median of 1.05x (0.77-1.14x)."""
     run_to_end(adapter, request, policy, gen)
 
 
