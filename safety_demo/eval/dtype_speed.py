@@ -1,6 +1,6 @@
 """What a CPU decode step costs by dtype, weight layout and row count: `python -m safety_demo.eval.dtype_speed`.
 
-Six tables (medians over repeats but the fourth, one profiled pass), every ratio from this one run:
+Seven tables (medians over repeats but the fourth, one profiled pass), every ratio from this one run:
   * kernels: GB/s that 24 [896 -> 4864] linear layers (the built-in model's MLP, 209 MB in
     bfloat16) stream for 1, 3 and 8 rows, with `F.linear` on plain weights and with weights
     pre-packed for oneDNN (`models/packed.py`), in float32 and bfloat16;
@@ -15,7 +15,11 @@ Six tables (medians over repeats but the fourth, one profiled pass), every ratio
   * attention for one query row (the built-in model's 14 query heads on 2 key/value heads): us per
     call with torch's GQA path (`enable_gqa=True`, what transformers' sdpa calls for a row without
     padding) and with the query heads stacked per key/value head (`models/attention.py`), and a
-    one-row step through transformers' forward after a long prompt with each.
+    one-row step through transformers' forward after a long prompt with each;
+  * against the bandwidth bound, at the same moment (the host's memory speed swings within
+    seconds, `memory_drift`): the bound (the bench's probes right before and after), the built-in
+    model's linear kernels alone (every packed product of a step, back to back, on fixed inputs),
+    its lean step, and a vanilla decode through the engine, each as a share of the bound.
 Why it matters: the side-by-side view decodes 3 to 8 rows per step, and only a kernel whose cost
 barely grows with the row count makes three answers cost about one; a decode step is
 memory-bound, so GB/s is the speed.
@@ -35,8 +39,9 @@ from ..models.attention import NAME as STACKED
 from ..models.builtin.adapter import BuiltinAdapter
 from ..models.builtin.assemble import build_builtin
 from ..models.cpu import cpu_name
-from ..models.packed import PackedLinear, supported
-from .bench import median_seconds, model_bytes
+from ..models.packed import PackedLinear, packed_product, supported
+from ..decoding import GenerationConfig, run_to_end
+from .bench import Bandwidth, median_seconds, model_bytes
 
 ROWS = (1, 3, 8)
 LINEAR_KERNELS = {"mkldnn::_linear_pointwise", "aten::addmm", "aten::mm", "aten::mv"}  # packed and plain linear layers
@@ -113,6 +118,44 @@ def step_breakdown(adapter: VLMAdapter, request: Request, steps: int) -> tuple[f
         total_ms = _decode_ms(adapter, out, steps)
     linear_us = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in LINEAR_KERNELS)
     return linear_us / 1e3 / steps, total_ms
+
+
+@torch.no_grad()
+def kernels_ms(adapter: BuiltinAdapter, steps: int) -> float:
+    """ms per step of the lean step's packed products alone (q/k/v, o, gate/up, down per layer, then
+    the head), back to back on fixed inputs: what a step would cost if nothing else ran."""
+    lean = adapter.lean_step
+    x = torch.randn(1, 1, adapter.model.config.hidden_size, dtype=adapter.dtype)
+    mid = torch.randn(1, 1, lean.intermediate, dtype=adapter.dtype)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        for layer in lean.layers:
+            for weights, inputs in ((layer.qkv, x), (layer.o, x), (layer.gate_up, x), (layer.down, mid)):
+                packed_product(inputs, *weights)
+        lean.head(x)
+    return (time.perf_counter() - t0) / steps * 1000
+
+
+def bound_shares(adapter: BuiltinAdapter, request: Request, steps: int, rounds: int) -> dict[str, float]:
+    """Medians over `rounds` of the step the bound allows (ms) and of the kernels alone, the lean step
+    and an engine decode (vanilla, greedy) each as bound ÷ its ms per token, all within one round
+    between two probes (the faster of which sets the bound, as in the bench)."""
+    bandwidth, size = Bandwidth(), model_bytes(adapter)
+    gen = GenerationConfig(max_new_tokens=steps, ignore_eos=True)
+    measures = {"kernels alone": lambda: kernels_ms(adapter, steps),
+                "lean step": lambda: step_ms(adapter, request, 1, steps),
+                "engine, vanilla": lambda: 1000 / run_to_end(adapter, request, None, gen).tokens_per_second}
+    for measure in measures.values():  # warm
+        measure()
+    rows: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        before = max(bandwidth(6).values())
+        ms = {name: measure() for name, measure in measures.items()}
+        bound_ms = size / (max(before, *bandwidth(6).values()) * 1e9) * 1000
+        rows.setdefault("bound ms", []).append(bound_ms)
+        for name, value in ms.items():
+            rows.setdefault(name, []).append(bound_ms / value)
+    return {name: statistics.median(values) for name, values in rows.items()}
 
 
 def share_siblings(model: torch.nn.Module, on: bool) -> int:
@@ -222,6 +265,14 @@ def main(argv: list[str] | None = None) -> None:
             a, b, _ = interleaved(lambda on: adapter.model.set_attn_implementation(STACKED if on else "sdpa"),
                                   lambda: _decode_ms(adapter, adapter.prefill([long]), args.steps), args.repeats)
         print(f"| {name}, {'packed' if packed else 'plain'} | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
+
+    print(f"\nAgainst the bandwidth bound, at the same moment: each round probes, times the three below ({args.steps} tokens each), probes again; medians of {args.repeats * 3} rounds\n")
+    print("| setting | bound ms per token | linear kernels alone | lean step | engine, vanilla |\n|---|---|---|---|---|")
+    for (name, packed), adapter in adapters.items():
+        if getattr(adapter, "lean_step", None) is None:
+            continue
+        shares = bound_shares(adapter, request, args.steps, args.repeats * 3)
+        print(f"| {name}, packed | {shares['bound ms']:.1f} | " + " | ".join(f"{shares[k]:.0%}" for k in ("kernels alone", "lean step", "engine, vanilla")) + " |")
 
 
 if __name__ == "__main__":

@@ -53,14 +53,18 @@ def test_bench_json_has_the_named_figures(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # a bench run on the fake model without its probes: about 20 s on 2 cores
-def test_the_run_after_the_bandwidth_probes_is_not_timed(tmp_path, monkeypatch):
-    """The decode right after the probes runs slow (`bench.settle`): an untimed vanilla run takes it, not SafeCoDe's."""
+def test_vanilla_is_bracketed_by_probes_and_the_run_after_them_is_not_timed(tmp_path, monkeypatch):
+    """Vanilla's bound is measured right before and after it (the host's memory speed swings within
+    seconds); the decode right after the probes is an untimed vanilla run (`bench.settle`), not SafeCoDe's."""
     from safety_demo.eval import bench
 
     monkeypatch.setenv("SAFETY_DEMO_FAKE_MODEL", "1")
     calls: list[str] = []
-    monkeypatch.setattr(bench, "bandwidth_probes", lambda repeats: calls.append("probes") or {"fp32 sum, 1 GB": 10.0})
+    speeds = iter([10.0, 20.0])  # GB/s before and after vanilla: the memory sped up during the run
+    monkeypatch.setattr(bench, "Bandwidth", lambda: lambda repeats: calls.append("probes") or {"fp32 sum, 1 GB": next(speeds)})
     real = bench.run_to_end
     monkeypatch.setattr(bench, "run_to_end", lambda adapter, req, policy, gen: calls.append(policy.name) or real(adapter, req, policy, gen))
-    bench.run_bench(BenchConfig(model="fake", new_tokens=3, repeats=1, prompts=1, output=None), log=lambda *a: None)
-    assert calls == ["vanilla", "probes", "vanilla", "safecode", "safesteer"]
+    result, facts = bench.run_bench(BenchConfig(model="fake", new_tokens=3, repeats=1, prompts=1, output=None), log=lambda *a: None)
+    assert calls == ["probes", "vanilla", "probes", "vanilla", "safecode", "safesteer"]
+    assert facts["bandwidth_probes"] == {"fp32 sum, 1 GB": 20.0} and facts["bandwidth_drift"] == 2.0  # the faster bracket bounds the run
+    assert result.rows["vanilla / bound"] == [result.rows["vanilla tok/s"][0] / facts["bound_tps"]]

@@ -1,13 +1,19 @@
 """`dtype_speed`'s profile of a step: the linear layers' kernels are found, plain or packed, and are part of the step."""
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
 from PIL import Image
 
+from safety_demo.eval.bench import model_bytes
 from safety_demo.eval.dtype_speed import greedy_tokens, share_siblings, step_breakdown
 from safety_demo.models import Request
 from safety_demo.models.fake import FakeAdapter
 from safety_demo.models.packed import pack_linears
+
+BUILT = os.environ.get("SAFETY_DEMO_CACHE")  # where `make test` built the `fast` model, before tests/eval's fixture hides it
 
 
 @pytest.mark.parametrize("packed", [False, True])
@@ -59,3 +65,29 @@ def test_interleaved_alternates_the_switch_and_compares_tokens():
     assert (off, on, same) == (4.0, 2.0, True) and order == [False, True] * 3 and state["on"] is True
     assert interleaved(switch, measure, 1)[2] is None
     assert interleaved(switch, measure, 1, tokens=lambda: [int(state["on"])])[2] is False
+
+
+def test_bound_shares_time_the_kernels_the_step_and_the_engine_between_probes(monkeypatch):
+    """Each round: probe, kernels alone, lean step, engine, probe; every share is of the faster probe's bound."""
+    from safety_demo.eval import dtype_speed
+    from safety_demo.models.base import ModelLoadError
+    from safety_demo.models.builtin.adapter import BuiltinAdapter
+
+    if BUILT:
+        monkeypatch.setenv("SAFETY_DEMO_CACHE", BUILT)
+    try:
+        adapter = BuiltinAdapter("fast", dtype=torch.float32)
+    except ModelLoadError as e:
+        pytest.skip(f"built-in 'fast' weights unavailable: {e}")
+    if adapter.lean_step is None:
+        pytest.skip("this torch build cannot pack float32 weights")
+    calls = []
+    speeds = iter([1.0, 2.0] * 2)
+    monkeypatch.setattr(dtype_speed, "Bandwidth", lambda: lambda repeats: calls.append("probe") or {"probe": next(speeds)})
+    for name in ("kernels_ms", "step_ms"):
+        real = getattr(dtype_speed, name)
+        monkeypatch.setattr(dtype_speed, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
+    shares = dtype_speed.bound_shares(adapter, Request(Image.new("RGB", (64, 64), "orange"), "What is this?"), steps=2, rounds=2)
+    assert calls[-4:] == ["probe", "kernels_ms", "step_ms", "probe"]  # the engine's decode runs between step_ms and the probe
+    assert shares["bound ms"] == pytest.approx(model_bytes(adapter) / 2e9 * 1000)  # the faster probe, 2 GB/s
+    assert all(0 < shares[k] for k in ("kernels alone", "lean step", "engine, vanilla"))
