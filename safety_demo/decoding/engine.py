@@ -429,7 +429,9 @@ def _record(adapter: VLMAdapter, raw_logits: torch.Tensor, d: Decision, token: i
     raw_logits [V]: row 0's own logits, before any steering; hidden [D]: the chosen row after the step.
     """
     raw = torch.softmax(raw_logits.float(), dim=-1)  # [V] the model's own distribution
-    pol = torch.softmax(d.logits.float(), dim=-1)  # [V] the method's distribution
+    same = d.logits.data_ptr() == raw_logits.data_ptr() and d.logits.shape == raw_logits.shape \
+        and d.logits.stride() == raw_logits.stride() and d.logits.dtype == raw_logits.dtype
+    pol = raw if same else torch.softmax(d.logits.float(), dim=-1)  # [V] the method's distribution (vanilla's is the model's: not computed twice)
     if d.lookahead is not None:
         cand = d.lookahead.tolist()
     else:

@@ -114,3 +114,20 @@ def test_trace_json_round_trip(fake, photo, tmp_path):
 def test_out_of_range_knobs_are_refused(kwargs):
     with pytest.raises(InputError):
         GenerationConfig(**kwargs)
+
+
+def test_policy_probabilities_are_the_methods_own(fake, photo):
+    """Vanilla's distribution is the model's (computed once); a method that changes the logits records its own."""
+    class Hotter(Policy):
+        name = "hotter"
+
+        def step(self, view):
+            return Decision(logits=view.logits[0] * 2.0, state=view.state)
+
+    req, gen = Request(photo, "describe"), GenerationConfig(max_new_tokens=4)
+    plain = run_to_end(fake, req, config=gen)
+    np.testing.assert_array_equal(plain.policy_probs, plain.raw_probs)
+    hot = run_to_end(fake, req, Hotter(), gen)
+    assert not np.allclose(hot.policy_probs, hot.raw_probs)
+    np.testing.assert_array_equal(hot.candidate_ids[0], plain.candidate_ids[0])  # doubling keeps the order
+    np.testing.assert_array_equal(hot.raw_probs[0], plain.raw_probs[0])  # the model's own, whatever the method does

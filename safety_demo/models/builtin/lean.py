@@ -72,10 +72,11 @@ class LeanStep:
         padded = None if bool(mask.all()) else mask[:, None, None, :].bool()  # [B, 1, 1, T+1]: sdpa's mask
         x = self.embed(token_ids[:, None])  # [B, 1, D]
         cos, sin = (t[:, None] for t in self.rotary(x, positions))  # [B, 1, 1, d]
+        sin = torch.cat((-sin[..., : d // 2], sin[..., d // 2 :]), dim=-1)  # rotate_half's sign moved onto sin: (-a) * s == a * (-s), bit for bit
         for i, layer in enumerate(self.layers):
             qkv = packed_product(self._rms(x, layer.norm_in), *layer.qkv)  # [B, 1, (H + 2 Hkv) d]
             qk = qkv[..., : (H + Hkv) * d].view(B, 1, H + Hkv, d).transpose(1, 2)  # q's heads, then k's
-            qk = qk * cos + _rotate_half(qk) * sin  # rotary position embedding, q and k at once
+            qk = qk * cos + _swap_halves(qk) * sin  # rotary position embedding, q and k at once
             v = qkv[..., (H + Hkv) * d :].view(B, 1, Hkv, d).transpose(1, 2)
             k, v = cache.update(qk[:, H:], v, i)  # [B, Hkv, T+1, d]
             q = qk[:, :H].reshape(B, Hkv, H // Hkv, d)  # each KV head's query heads as rows (models/attention.py)
@@ -89,16 +90,18 @@ class LeanStep:
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """transformers' Qwen2/Llama RMSNorm, op for op: in float32, cast back, then scaled."""
         x32 = x.to(torch.float32)
-        return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        scale = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return weight * torch.mul(x32, scale, out=torch.empty_like(x))  # product in float32, written in x's dtype: `(x32 * scale).to(x.dtype)` in one op
 
 
 def _weights(layer: PackedLinear | SharedInput) -> tuple[torch.Tensor, torch.Tensor | None]:
     return layer.packed, layer.bias
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _swap_halves(x: torch.Tensor) -> torch.Tensor:
+    """[a, b] -> [b, a] along the last dim: transformers' rotate_half without its minus (moved onto sin)."""
+    *lead, d = x.shape
+    return x.reshape(*lead, 2, d // 2).flip(-2).reshape(*lead, d)
 
 
 def fits(model: nn.Module) -> bool:
