@@ -8,7 +8,8 @@ Seven tables (medians over repeats but the fourth, one profiled pass), every rat
   * the built-in model's lean step (`models/builtin/lean.py`) against transformers' forward, for 1
     and 3 rows, and whether the greedy tokens are the same;
   * where a one-row step goes, from `torch.profiler`: the linear layers' kernels (and the GB/s
-    they stream) against everything else (norms, rotary embedding, attention, the cache, Python);
+    they stream) against everything else (norms, rotary embedding, attention, the cache, Python),
+    and the packed kernels by weight shape (small products stream slower than large ones);
   * sibling layers (q/k/v, gate/up) each on its own packed product against one shared product
     (`models/packed.py::SharedInput`): a one-row step through transformers' forward, and whether
     the greedy tokens are the same;
@@ -109,15 +110,23 @@ def through_transformers(adapter: VLMAdapter):
         adapter.lean_step = lean
 
 
-def step_breakdown(adapter: VLMAdapter, request: Request, steps: int) -> tuple[float, float]:
-    """(ms per one-row step in the linear layers' kernels, ms per step in all), profiled over `steps` steps."""
+def step_breakdown(adapter: VLMAdapter, request: Request, steps: int) -> tuple[float, float, list[tuple[tuple[int, int], float, float, float]]]:
+    """(ms per one-row step in the linear layers' kernels, ms per step in all, and per packed weight
+    shape [out, in]: calls per step, us per call, GB/s), profiled over `steps` steps."""
     from torch.profiler import ProfilerActivity, profile
 
     out = adapter.prefill([request])  # not profiled: its linear layers would count as a step's
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         total_ms = _decode_ms(adapter, out, steps)
     linear_us = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in LINEAR_KERNELS)
-    return linear_us / 1e3 / steps, total_ms
+    size = torch.tensor([], dtype=getattr(adapter, "dtype", torch.float32)).element_size()
+    shapes = []
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.key == "mkldnn::_linear_pointwise" and len(e.input_shapes) > 1 and len(e.input_shapes[1]) == 2:
+            n, k = e.input_shapes[1]  # the packed weight
+            us = e.self_cpu_time_total / e.count
+            shapes.append(((n, k), e.count / steps, us, n * k * size / us / 1e3))
+    return linear_us / 1e3 / steps, total_ms, sorted(shapes, key=lambda row: row[0][0] * row[0][1])
 
 
 @torch.no_grad()
@@ -234,11 +243,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {name}, packed | {rows} | {a:.1f} | {b:.1f} | {b / a:.2f}x | {'yes' if same else 'no'} |")
 
     print(f"\nWhere a one-row step goes (torch.profiler over {args.steps} steps; profiling adds a little to the step)\n")
-    print("| setting | step ms | linear kernels ms | their GB/s | everything else ms |\n|---|---|---|---|---|")
+    print("| setting | step ms | linear kernels ms | their GB/s | everything else ms | packed kernels by weight [out, in]: calls a step, us a call, GB/s |\n|---|---|---|---|---|---|")
     for (name, packed), adapter in adapters.items():
-        linear, total = step_breakdown(adapter, request, args.steps)
+        linear, total, shapes = step_breakdown(adapter, request, args.steps)
         gbs = model_bytes(adapter) / (linear / 1e3) / 1e9
-        print(f"| {name}, {'packed' if packed else 'plain'} | {total:.1f} | {linear:.1f} | {gbs:.1f} | {total - linear:.1f} |")
+        by_shape = "; ".join(f"[{n}, {k}]: {calls:.0f}, {us:.0f} us, {g:.1f}" for (n, k), calls, us, g in shapes) or "—"
+        print(f"| {name}, {'packed' if packed else 'plain'} | {total:.1f} | {linear:.1f} | {gbs:.1f} | {total - linear:.1f} | {by_shape} |")
 
     print(f"\nSibling layers (q/k/v, gate/up): a one-row step through transformers' forward with each on its own packed product and with one shared product, ms per step over {args.steps} steps, median of {args.repeats} repeats interleaved\n")
     print("| setting | separate | shared | shared ÷ separate | same tokens |\n|---|---|---|---|---|")

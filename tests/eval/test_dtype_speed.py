@@ -21,8 +21,14 @@ def test_a_step_is_split_into_linear_kernels_and_the_rest(packed):
     adapter = FakeAdapter(seed=0)  # a tiny Qwen2: the built-in model's layers, small
     if packed and not pack_linears(adapter.model, enabled=True):
         pytest.skip("this torch build cannot pack float32 weights")
-    linear, total = step_breakdown(adapter, Request(Image.new("RGB", (64, 64), "orange"), "What is this?"), steps=3)
+    linear, total, shapes = step_breakdown(adapter, Request(Image.new("RGB", (64, 64), "orange"), "What is this?"), steps=3)
     assert 0 < linear < total  # a profile that missed the (packed or plain) linear ops would read 0
+    if packed:  # by packed weight shape, at a positive speed; the output head is read once a step
+        head = adapter.model.lm_head
+        assert all(calls >= 1 and us > 0 and gbs > 0 for _, calls, us, gbs in shapes)
+        assert ((head.out_features, head.in_features), 1.0) in {(shape, calls) for shape, calls, *_ in shapes}
+    else:
+        assert shapes == []
 
 
 def test_siblings_can_be_timed_apart_and_shared_again():
