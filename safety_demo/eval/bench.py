@@ -67,12 +67,11 @@ class Bandwidth:
     The bound takes the fastest: the machine moves bytes at least that fast, so a decode step
     that streams N bytes takes at least N / that. A single kernel (the old fp32 matrix-vector
     product alone) understates it: on a 2-core EPYC it reached 27 GB/s where a sum reached 45-73
-    (`bench`'s medians over five runs). A shared host's memory speed can swing within seconds:
-    on a 2-core AMD EPYC, `python -m safety_demo.eval.memory_drift`'s measurement (one 256 MB packed
-    product back to back for a minute, the median of each second) read 77, then 39, then 72 GB/s,
-    in stretches of about ten seconds (that run by an ad hoc script before the command existed; the
-    command's own first run read 43-53). So `run_bench` probes right before and right after each
-    vanilla run, and a run that straddles a swing is bounded by the faster side."""
+    (`bench`'s medians over five runs). A shared host's memory speed can swing within seconds: on a
+    2-core AMD EPYC, `python -m safety_demo.eval.memory_drift` (one 256 MB packed product back to
+    back for a minute, the median of each second) read 77-84 GB/s, then 49-51 for seven seconds,
+    then 72-84 again, and in another minute 43-53 throughout. So `run_bench` probes right before and
+    right after each vanilla run, and a run that straddles a swing is bounded by the faster side."""
 
     def __init__(self) -> None:
         from ..models.packed import PackedLinear, supported
