@@ -118,6 +118,7 @@ class Lane:
     decision: Decision | None = None  # and what it answered
     token: int = -1  # the sampled or forced token of a non-lookahead step
     generated: list[int] = field(default_factory=list)
+    text: str = ""  # adapter.decode(generated), kept beside it: decoded once a step, not once per use
     steps: list[StepRecord] = field(default_factory=list)
     h0: np.ndarray | None = None  # [D] last prompt position at prefill
     shared: set[str] = field(default_factory=set)  # lanes that were in a forward with this one
@@ -201,6 +202,7 @@ class Engine:
         lane = Lane(name, cache.policy, cache.requests, torch.Generator().manual_seed(cache.config.seed + step + 1),
                     since or time.perf_counter(), cache.config, keep=True, alive=rows, h0=cache.h0)
         lane.generated, lane.steps = [s.token_id for s in cache.steps[:step]], list(cache.steps[:step])
+        lane.text = self.adapter.decode(lane.generated)
         lane.states, lane.state = list(cache.states[:step]), cache.states[step]
         lane.script = replace(cache.steps[step], token_id=token, token=self.adapter.token_texts([token])[0], action="branched", hidden=None)
         lane.script_keep = tuple(i for i, r in enumerate(rows) if r == 0 or step + 1 < cache.rows[r][1])
@@ -284,7 +286,7 @@ class Engine:
             lane.token = lane.script.token_id
             return list(range(len(lane.alive))), [lane.token] * len(lane.alive)
         try:
-            view = View(len(lane.generated), lane.logits, lane.hidden, tuple(lane.generated), self.adapter.decode(lane.generated), lane.state, rng=lane.rng)
+            view = View(len(lane.generated), lane.logits, lane.hidden, tuple(lane.generated), lane.text, lane.state, rng=lane.rng)
             d = lane.policy.step(view)
             if d.steer_hidden is not None:  # MSAV: re-read row 0's logits from the moved hidden state, then decide again
                 steered = lane.logits.clone()
@@ -327,10 +329,11 @@ class Engine:
         record.seconds = seconds
         lane.steps.append(record)
         lane.generated.append(lane.token)
+        lane.text = self.adapter.decode(lane.generated)
         lane.states.append(state)
         lane.logits, lane.hidden, lane.state = out.logits[picked], out.hidden[picked], state
         lane.ttft = lane.ttft if lane.ttft is not None else time.perf_counter() - lane.t_added
-        event = StepEvent(len(lane.steps) - 1, lane.token, record.token, self.adapter.decode(lane.generated), record=record)
+        event = StepEvent(len(lane.steps) - 1, lane.token, record.token, lane.text, record=record)
         stop = (lane.token in self.adapter.eos_token_ids and not lane.config.ignore_eos) or len(lane.generated) >= lane.config.max_new_tokens
         before, lane.alive = lane.alive, (lane.alive if lookahead else [lane.alive[i] for i in rows])
         if lane.keep:  # rows' KV only grows: the copy taken as a row leaves holds every earlier step
@@ -384,7 +387,7 @@ class Engine:
                           decode=now - lane.t_prefilled if lane.t_prefilled else 0.0, ttft=lane.ttft, total=now - lane.t_added)
         h0 = lane.h0 if lane.h0 is not None else np.zeros(0, np.float32)
         return Trace.from_steps(
-            lane.policy.name, self.adapter.decode(lane.generated), lane.steps, h0, **facts,
+            lane.policy.name, lane.text, lane.steps, h0, **facts,
             model=self.adapter.name, model_id=self.adapter.model_id, prompt=lane.requests[0].prompt if lane.requests else "",
             config=asdict(lane.config), knobs=lane.policy.describe(), timings=timings,
             rows=len(lane.requests) if lane.logits is None else int(lane.logits.shape[0]),

@@ -217,8 +217,13 @@ class VLMAdapter(ABC):
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def token_texts(self, ids: Sequence[int]) -> list[str]:
-        """Each id's text on its own (for per-token views); byte-level pieces made readable."""
-        return [self.tokenizer.decode([int(i)], skip_special_tokens=False) for i in ids]
+        """Each id's text on its own (for per-token views); byte-level pieces made readable.
+        Remembered per id: the engine asks for every step's candidates."""
+        known: dict[int, str] = self.__dict__.setdefault("_token_texts", {})
+        for i in ids:
+            if int(i) not in known:
+                known[int(i)] = self.tokenizer.decode([int(i)], skip_special_tokens=False)
+        return [known[int(i)] for i in ids]
 
     def encode_text(self, text: str) -> list[int]:
         """Plain token ids of `text` (no special tokens): refusal phrases, forced prefixes."""

@@ -69,6 +69,19 @@ def test_plumbing_tokenizer_helpers(tiny: HFAdapter):
     assert "".join(tiny.token_texts(ids)) == "I'm sorry"
 
 
+def test_token_texts_are_decoded_once_per_id(tiny: HFAdapter, monkeypatch):
+    """The engine asks for every step's candidates: an id already seen is not decoded again."""
+    ids = tiny.encode_text("sorry, sorry")
+    first = tiny.token_texts(ids)
+    calls = []
+    real = tiny.tokenizer.decode
+    monkeypatch.setattr(tiny.tokenizer, "decode", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert tiny.token_texts(ids) == first and calls == []
+    new = [i for i in range(50) if i not in ids][:2]
+    assert tiny.token_texts(new + ids[:1]) == [real([i], skip_special_tokens=False) for i in new] + first[:1]
+    assert len(calls) == 2  # the two new ids, once each
+
+
 def test_plumbing_different_image_changes_logits(tiny: HFAdapter):
     a = tiny.prefill([REQ]).logits
     b = tiny.prefill([Request(_image(7), REQ.prompt)]).logits
