@@ -229,7 +229,6 @@ class SafeCoDePolicy(Policy):
             if t >= c.steps - 1 and not c.delta_after_steps:
                 common["keep_rows"] = (0,)  # after this step only the real row decodes (as the official code)
         R = voc.refusal_ids.to(z_real.device)
-        raw_mass = float(torch.softmax(z_real, -1)[R].sum()) if len(R) else 0.0
 
         if voc.length_cap and state.verdict == "unsafe" and t >= len(state.forced) + voc.length_cap and voc.eos is not None:
             return Decision(logits=z_real, action="forced", forced_token=voc.eos, state=state, **common)  # official length cap
@@ -243,6 +242,7 @@ class SafeCoDePolicy(Policy):
 
         z_cd = z_real - state.alpha * z_noised  # [V] contrastive logits
         p_cd = torch.softmax(z_cd, -1)
+        raw_mass = float(torch.softmax(z_real, -1)[R].sum()) if len(R) else 0.0  # only the modulated steps report it
         scores = {"policy.refusal_mass.raw": raw_mass, "policy.refusal_mass.cd": float(p_cd[R].sum()) if len(R) else 0.0}
 
         if state.verdict == "unsafe":
