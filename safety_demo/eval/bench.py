@@ -1,7 +1,9 @@
 """`python -m safety_demo bench`: every method's cost as a ratio to vanilla, measured in one run.
 
 Timings on a shared 2-core machine are noisy, so each figure is a median over repeats and
-every ratio is taken between runs of the same repeat, on the same prompts. Absolute times
+every ratio is taken between runs of the same repeat, on the same prompts: the methods and side
+by side against the mean of a vanilla run just before and one just after them, vanilla against
+bandwidth probes just before and after its own run. Absolute times
 are reported next to the bound they should be compared with: decoding one token streams
 every weight once, so tokens/s ≤ memory bandwidth / model bytes.
 """
@@ -18,7 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from ..compare import CompareConfig, compare
-from ..decoding import GenerationConfig, Policy, generate_many, run_to_end
+from ..decoding import GenerationConfig, generate_many, run_to_end
 from ..methods import METHODS, build
 from ..models import Request, VLMAdapter, load_adapter
 from ..models.cpu import cpu_name
@@ -71,7 +73,10 @@ class Bandwidth:
     2-core AMD EPYC, `python -m safety_demo.eval.memory_drift` (one 256 MB packed product back to
     back for a minute, the median of each second) read 77-84 GB/s, then 49-51 for seven seconds,
     then 72-84 again, and in another minute 43-53 throughout. So `run_bench` probes right before and
-    right after each vanilla run, and a run that straddles a swing is bounded by the faster side."""
+    right after the bound's own vanilla run, and a run that straddles a swing is bounded by the
+    faster side. The buffers are held because when each probe allocated and freed 1.25 GB, the run
+    right after read slow (an ad hoc script, not shipped, at ae07eeb: 29.7-33.3 tok/s against
+    32.5-38.8 just before, in 4 of 5 rounds); no method's timed run follows the probes either."""
 
     def __init__(self) -> None:
         from ..models.packed import PackedLinear, supported
@@ -91,19 +96,6 @@ class Bandwidth:
         if self.packed is not None:
             probes["bf16 packed linear, 1 row, 256 MB"] = self.packed.weight.numel() * 2 / median_seconds(lambda: self.packed(self.row), repeats)
         return {k: v / 1e9 for k, v in probes.items()}
-
-
-def settle(adapter: VLMAdapter, request: Request, policy: Policy, gen: GenerationConfig) -> None:
-    """One untimed decode after the bandwidth probes, before SafeCoDe's timed run.
-
-    When the probes allocated and freed 1.25 GB at each call, the run right after them read slow. On
-    a 2-core AMD EPYC (avx512_bf16), an ad hoc script (not shipped) ran five rounds of [vanilla,
-    vanilla, probes, vanilla, vanilla]: 29.7-33.3 tok/s right after the probes against 32.5-38.8 just
-    before (slower in 4 of 5); the second run after them had recovered. SafeCoDe's run came right
-    after the probes, so its ratio read low: 0.83x in a bench at ae07eeb. The probes now hold their
-    buffers (`Bandwidth`), and a later round of the same script could not tell the two apart among
-    the host's swings (35-47 tok/s within a minute); this run stays as the cheap guard."""
-    run_to_end(adapter, request, policy, gen)
 
 
 def model_bytes(adapter: VLMAdapter) -> int:
@@ -142,36 +134,43 @@ def run_bench(cfg: BenchConfig, log=print) -> tuple[BenchResult, dict[str, Any]]
         for i, req in enumerate(requests):
             log(f"repeat {r + 1}/{cfg.repeats}, prompt {i + 1}/{len(requests)}")
             policies = {name: build(name, adapter, req, probe=probe) for name in METHODS}  # SafeCoDe's judge decodes here, alone
+            # The methods and side by side sit between two vanilla runs (A B A): the host's speed drifts
+            # within seconds, and against the two runs' mean a steady drift cancels.
+            va = run_to_end(adapter, req, policies["vanilla"], gen)
+            sc = run_to_end(adapter, req, policies["safecode"], gen)
+            ss = run_to_end(adapter, req, policies["safesteer"], gen)
+            both = {n: e.trace for n, e in generate_many(adapter, req, policies, gen) if e.done}
+            vb = run_to_end(adapter, req, policies["vanilla"], gen)
+            # The bound's own vanilla run, with the machine's memory speed probed right before and after it.
             before = bandwidth(repeats=6)
             v = run_to_end(adapter, req, policies["vanilla"], gen)
-            after = bandwidth(repeats=6)  # the bound of the same moment: the host's memory speed swings within seconds
+            after = bandwidth(repeats=6)
             for name in before:
                 result.add(f"bandwidth · {name}", max(before[name], after[name]))
             result.add("bandwidth after ÷ before", max(after.values()) / max(before.values()))
             bound_tps = max(*before.values(), *after.values()) * 1e9 / size if size else float("nan")
             result.add("bound tok/s", bound_tps)
-            settle(adapter, req, policies["vanilla"], gen)
-            sc = run_to_end(adapter, req, policies["safecode"], gen)
-            ss = run_to_end(adapter, req, policies["safesteer"], gen)
-            both = {n: e.trace for n, e in generate_many(adapter, req, policies, gen) if e.done}
             t0 = time.perf_counter()
             for columns in compare(adapter, req, CompareConfig(generation=gen), probe, refresh=float("inf")):
                 pass  # the app's path: the judge's decodes ride in the batch beside the other methods
             live = time.perf_counter() - t0
             v_tps, v_total = v.tokens_per_second, v.timings.prefill + v.timings.decode
+            a_tps = (va.tokens_per_second + vb.tokens_per_second) / 2  # vanilla around the methods
+            a_total = sum(t.timings.prefill + t.timings.decode for t in (va, vb)) / 2
             result.add("vanilla tok/s", v_tps)
             result.add("vanilla / bound", v_tps / bound_tps)
             result.add("vanilla TTFT s", v.timings.ttft)
             result.add("vanilla prefill s", v.timings.prefill)
-            result.add("safecode decode ratio", sc.tokens_per_second / v_tps)
+            result.add("vanilla after ÷ before the methods", vb.tokens_per_second / va.tokens_per_second)
+            result.add("safecode decode ratio", sc.tokens_per_second / a_tps)
             result.add("safecode judge s", sc.judge.seconds)
-            result.add("safecode judge / vanilla run", sc.judge.seconds / v_total)
-            result.add("safesteer ratio", ss.tokens_per_second / v_tps)
+            result.add("safecode judge / vanilla run", sc.judge.seconds / a_total)
+            result.add("safesteer ratio", ss.tokens_per_second / a_tps)
             result.add("safesteer TTFT s", ss.timings.ttft)
-            for name, alone in (("vanilla", v), ("safecode", sc), ("safesteer", ss)):  # bf16 rows are not batch-invariant
+            for name, alone in (("vanilla", va), ("safecode", sc), ("safesteer", ss)):  # bf16 rows are not batch-invariant
                 result.add(f"{name} side by side = alone", float(alone.token_ids.tolist() == both[name].token_ids.tolist()))
             side = max(t.timings.prefill + t.timings.decode for t in both.values())
-            result.add("side-by-side / vanilla run (no judge)", side / v_total)
+            result.add("side-by-side / vanilla run (no judge)", side / a_total)
             result.add("compare (judge in the batch) / vanilla run", live / v_total)
             result.add("compare: vanilla TTFT / alone", columns["vanilla"].trace.timings.ttft / v.timings.ttft)
     del bandwidth  # 1.5 GB of probe buffers, before the app loads its own model
@@ -234,7 +233,9 @@ def report(result: BenchResult, facts: dict[str, Any], command: str, others: Seq
         *([f"The same bench on other CPUs: {', '.join(f'[{name}]({name})' for name in others)}.", ""] if others else []),
         f"Measured by `{command}` on {facts['cpu']}, {facts['dtype']} ({facts['machine']}). Model: `{facts['model']}` ({facts['model_mb']:.0f} MB of weights). "
         f"{facts['new_tokens']} new tokens per run (EOS ignored), {facts['prompts']} prompts × {facts['repeats']} repeats; "
-        "every figure is a median, every ratio is taken within one repeat on the same prompt.",
+        "every figure is a median, every ratio is taken within one repeat on the same prompt: the methods and side by side "
+        f"against the mean of a vanilla run just before and one just after them (the later ÷ the earlier: {m('vanilla after ÷ before the methods'):.2f}×, median), "
+        "vanilla against the bandwidth bound probed just before and after its own run.",
         "",
         "| metric | median | target |",
         "|---|---|---|",

@@ -53,18 +53,31 @@ def test_bench_json_has_the_named_figures(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # a bench run on the fake model without its probes: about 20 s on 2 cores
-def test_vanilla_is_bracketed_by_probes_and_the_run_after_them_is_not_timed(tmp_path, monkeypatch):
-    """Vanilla's bound is measured right before and after it (the host's memory speed swings within
-    seconds); the decode right after the probes is an untimed vanilla run (`bench.settle`), not SafeCoDe's."""
+def test_methods_sit_between_two_vanilla_runs_and_the_bound_brackets_a_third(tmp_path, monkeypatch):
+    """The host's speed drifts within seconds: the methods are timed between two vanilla runs (their
+    ratios are to the pair's mean), and vanilla's bound is probed right before and after its own run."""
     from safety_demo.eval import bench
 
     monkeypatch.setenv("SAFETY_DEMO_FAKE_MODEL", "1")
     calls: list[str] = []
     speeds = iter([10.0, 20.0])  # GB/s before and after vanilla: the memory sped up during the run
     monkeypatch.setattr(bench, "Bandwidth", lambda: lambda repeats: calls.append("probes") or {"fp32 sum, 1 GB": next(speeds)})
+    traces: dict[str, list] = {}
     real = bench.run_to_end
-    monkeypatch.setattr(bench, "run_to_end", lambda adapter, req, policy, gen: calls.append(policy.name) or real(adapter, req, policy, gen))
+
+    def timed(adapter, req, policy, gen):
+        calls.append(policy.name)
+        trace = real(adapter, req, policy, gen)
+        traces.setdefault(policy.name, []).append(trace)
+        return trace
+
+    monkeypatch.setattr(bench, "run_to_end", timed)
     result, facts = bench.run_bench(BenchConfig(model="fake", new_tokens=3, repeats=1, prompts=1, output=None), log=lambda *a: None)
-    assert calls == ["probes", "vanilla", "probes", "vanilla", "safecode", "safesteer"]
-    assert facts["bandwidth_probes"] == {"fp32 sum, 1 GB": 20.0} and facts["bandwidth_drift"] == 2.0  # the faster bracket bounds the run
-    assert result.rows["vanilla / bound"] == [result.rows["vanilla tok/s"][0] / facts["bound_tps"]]
+    assert calls == ["vanilla", "safecode", "safesteer", "vanilla", "probes", "vanilla", "probes"]
+    assert facts["bandwidth_probes"] == {"fp32 sum, 1 GB": 20.0} and facts["bandwidth_drift"] == 2.0  # the faster probe bounds the run
+    before, after, bounded = traces["vanilla"]
+    assert result.rows["vanilla tok/s"] == [bounded.tokens_per_second]
+    assert result.rows["vanilla / bound"] == [bounded.tokens_per_second / facts["bound_tps"]]
+    mean = (before.tokens_per_second + after.tokens_per_second) / 2
+    assert result.rows["safecode decode ratio"] == [traces["safecode"][0].tokens_per_second / mean]
+    assert result.rows["safesteer ratio"] == [traces["safesteer"][0].tokens_per_second / mean]
