@@ -262,7 +262,7 @@ def report(result: BenchResult, facts: dict[str, Any], command: str, others: Seq
         f"| probe: h₀ extraction over the calibration set, as recorded when the loaded probe was fitted (`fit-probe --re-extract` measures it again) | {facts['probe_extract_seconds'] or float('nan'):.0f} s | ≤ 120 s |",
         f"| probe: fit (PCA + logistic regression) | {facts['probe_fit_seconds'] or float('nan'):.2f} s | < 60 s |",
         "",
-        f"Bandwidth bound: right before and right after each vanilla run, {len(facts['bandwidth_probes'])} ways to stream memory are timed ("
+        f"Bandwidth bound: right before and right after the bound's own vanilla run in each repeat, {len(facts['bandwidth_probes'])} ways to stream memory are timed ("
         + ", ".join(f"{name}: {gbs:.1f} GB/s" for name, gbs in facts["bandwidth_probes"].items())
         + f"; medians over the repeats of the faster of the two) and the fastest of all sets that run's bound "
         f"(the fastest probe after a run ÷ before it: {facts['bandwidth_drift']:.2f}×, median). A decode step streams {facts['model_mb']:.0f} MB of weights ({facts['dtype']}; the input embedding table is "
