@@ -35,13 +35,13 @@ from typing import Callable
 
 import torch
 
+from ..decoding import GenerationConfig, run_to_end
 from ..models import Request, VLMAdapter
 from ..models.attention import NAME as STACKED
 from ..models.builtin.adapter import BuiltinAdapter
 from ..models.builtin.assemble import build_builtin
 from ..models.cpu import cpu_name
 from ..models.packed import PackedLinear, packed_product, supported
-from ..decoding import GenerationConfig, run_to_end
 from .bench import Bandwidth, median_seconds, model_bytes
 
 ROWS = (1, 3, 8)
@@ -119,7 +119,7 @@ def step_breakdown(adapter: VLMAdapter, request: Request, steps: int) -> tuple[f
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         total_ms = _decode_ms(adapter, out, steps)
     linear_us = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in LINEAR_KERNELS)
-    size = torch.tensor([], dtype=getattr(adapter, "dtype", torch.float32)).element_size()
+    size = getattr(adapter, "dtype", torch.float32).itemsize
     shapes = []
     for e in prof.key_averages(group_by_input_shape=True):
         if e.key == "mkldnn::_linear_pointwise" and len(e.input_shapes) > 1 and len(e.input_shapes[1]) == 2:

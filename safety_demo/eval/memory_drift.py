@@ -3,7 +3,7 @@
 One bfloat16 packed product over 256 MB (the bench's fastest probe on CPUs with native bf16; a
 float32 sum over 1 GB elsewhere), timed back to back; the median GB/s of each second is printed.
 On a shared host the figure can halve and recover within seconds, which is why the bench
-measures each vanilla run's bound right before and after it (`bench.Bandwidth`).
+measures its bound right before and after the vanilla run it bounds (`bench.Bandwidth`).
 """
 from __future__ import annotations
 
@@ -14,19 +14,16 @@ import time
 import torch
 
 from ..models.cpu import cpu_name
+from .bench import Bandwidth
 
 
 def series(seconds: float) -> list[float]:
     """Median GB/s of each whole second over `seconds`."""
-    from ..models.packed import PackedLinear, supported
-
-    if supported(torch.bfloat16):
-        layer = PackedLinear(torch.nn.Linear(16384, 8192, bias=False, dtype=torch.bfloat16).eval())
-        row, size = torch.randn(1, 16384, dtype=torch.bfloat16), layer.weight.numel() * 2
-        stream = lambda: layer(row)  # noqa: E731
+    probes = Bandwidth()  # the bench's own probe buffers
+    if probes.packed is not None:
+        stream, size = (lambda: probes.packed(probes.row)), probes.packed.weight.numel() * 2
     else:
-        big = torch.ones(256 * 1024 * 1024)
-        stream, size = big.sum, big.numel() * 4
+        stream, size = probes.big.sum, probes.big.numel() * 4
     per_second: dict[int, list[float]] = {}
     start = time.perf_counter()
     with torch.no_grad():
