@@ -19,6 +19,7 @@ with siblings sharing one product, on a full-attention DynamicCache with sdpa. A
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,8 @@ class _Layer:
 class LeanStep:
     """`step(token_ids, mask, positions, cache) -> (logits [B, V], hidden [B, D])` for one new token a row."""
 
+    product = staticmethod(packed_product)  # x @ W.T + b from a packed weight (eval/compile_speed.py swaps in an opaque op)
+
     def __init__(self, model: nn.Module) -> None:
         config, body = model.config, model.model
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
@@ -68,24 +71,31 @@ class LeanStep:
     def __call__(self, token_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> tuple[torch.Tensor, torch.Tensor]:
         """token_ids [B]; mask [B, T+1] (1 = real, the new token included); positions [B, 1]; cache: a
         DynamicCache holding T positions, extended in place."""
-        B, H, Hkv, d = token_ids.shape[0], self.heads, self.kv_heads, self.head_dim
+        d = self.head_dim
         padded = None if bool(mask.all()) else mask[:, None, None, :].bool()  # [B, 1, 1, T+1]: sdpa's mask
         x = self.embed(token_ids[:, None])  # [B, 1, D]
         cos, sin = (t[:, None] for t in self.rotary(x, positions))  # [B, 1, 1, d]
         sin = torch.cat((-sin[..., : d // 2], sin[..., d // 2 :]), dim=-1)  # rotate_half's sign moved onto sin: (-a) * s == a * (-s), bit for bit
         for i, layer in enumerate(self.layers):
-            qkv = packed_product(self._rms(x, layer.norm_in), *layer.qkv)  # [B, 1, (H + 2 Hkv) d]
-            qk = qkv[..., : (H + Hkv) * d].view(B, 1, H + Hkv, d).transpose(1, 2)  # q's heads, then k's
-            qk = qk * cos + _swap_halves(qk) * sin  # rotary position embedding, q and k at once
-            v = qkv[..., (H + Hkv) * d :].view(B, 1, Hkv, d).transpose(1, 2)
-            k, v = cache.update(qk[:, H:], v, i)  # [B, Hkv, T+1, d]
-            q = qk[:, :H].reshape(B, Hkv, H // Hkv, d)  # each KV head's query heads as rows (models/attention.py)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=padded, scale=self.scaling)
-            x = x + packed_product(o.reshape(B, 1, H * d), *layer.o)
-            gate_up = packed_product(self._rms(x, layer.norm_post), *layer.gate_up)  # [B, 1, 2I]
-            x = x + packed_product(F.silu(gate_up[..., : self.intermediate]) * gate_up[..., self.intermediate :], *layer.down)
+            x = self.layer(x, layer, cos, sin, padded, lambda k, v: cache.update(k, v, i))
         hidden = self.norm(x)
         return self.head(hidden)[:, -1].float(), hidden[:, -1].float()
+
+    def layer(self, x: torch.Tensor, layer: _Layer, cos: torch.Tensor, sin: torch.Tensor, padded: torch.Tensor | None,
+              update: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """One decoder layer on x [B, 1, D]; `update(k, v)` appends the new key and value [B, Hkv, 1, d] to
+        the layer's cache and returns all of them [B, Hkv, T+1, d]."""
+        B, H, Hkv, d = x.shape[0], self.heads, self.kv_heads, self.head_dim
+        qkv = self.product(self._rms(x, layer.norm_in), *layer.qkv)  # [B, 1, (H + 2 Hkv) d]
+        qk = qkv[..., : (H + Hkv) * d].view(B, 1, H + Hkv, d).transpose(1, 2)  # q's heads, then k's
+        qk = qk * cos + _swap_halves(qk) * sin  # rotary position embedding, q and k at once
+        v = qkv[..., (H + Hkv) * d :].view(B, 1, Hkv, d).transpose(1, 2)
+        k, v = update(qk[:, H:], v)  # [B, Hkv, T+1, d]
+        q = qk[:, :H].reshape(B, Hkv, H // Hkv, d)  # each KV head's query heads as rows (models/attention.py)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=padded, scale=self.scaling)
+        x = x + self.product(o.reshape(B, 1, H * d), *layer.o)
+        gate_up = self.product(self._rms(x, layer.norm_post), *layer.gate_up)  # [B, 1, 2I]
+        return x + self.product(F.silu(gate_up[..., : self.intermediate]) * gate_up[..., self.intermediate :], *layer.down)
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """transformers' Qwen2/Llama RMSNorm, op for op: in float32, cast back, then scaled."""
