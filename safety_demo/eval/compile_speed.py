@@ -75,15 +75,11 @@ class CompiledLayers(LeanStep):
     def __call__(self, token_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> tuple[torch.Tensor, torch.Tensor]:
         if not bool(mask.all()):
             raise ValueError("the compiled layers take rows without padding only")
-        d = self.head_dim
-        x = self.embed(token_ids[:, None])
-        cos, sin = (t[:, None] for t in self.rotary(x, positions))
-        sin = torch.cat((-sin[..., : d // 2], sin[..., d // 2 :]), dim=-1)
+        x, cos, sin = self.embed_and_rotary(token_ids, positions)
         x, keys, values = self.body(x, cos, sin, [c.keys for c in cache.layers], [c.values for c in cache.layers])
         for c, k, v in zip(cache.layers, keys, values):
-            c.keys, c.values = k, v
-        hidden = self.norm(x)
-        return self.head(hidden)[:, -1].float(), hidden[:, -1].float()
+            c.keys, c.values = k, v  # what DynamicCache.update leaves: the grown tensors
+        return self.read_out(x)
 
 
 def lean_decode(adapter: BuiltinAdapter, request: Request, steps: int) -> tuple[float, list[int]]:

@@ -71,13 +71,22 @@ class LeanStep:
     def __call__(self, token_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> tuple[torch.Tensor, torch.Tensor]:
         """token_ids [B]; mask [B, T+1] (1 = real, the new token included); positions [B, 1]; cache: a
         DynamicCache holding T positions, extended in place."""
-        d = self.head_dim
         padded = None if bool(mask.all()) else mask[:, None, None, :].bool()  # [B, 1, 1, T+1]: sdpa's mask
-        x = self.embed(token_ids[:, None])  # [B, 1, D]
-        cos, sin = (t[:, None] for t in self.rotary(x, positions))  # [B, 1, 1, d]
-        sin = torch.cat((-sin[..., : d // 2], sin[..., d // 2 :]), dim=-1)  # rotate_half's sign moved onto sin: (-a) * s == a * (-s), bit for bit
+        x, cos, sin = self.embed_and_rotary(token_ids, positions)
         for i, layer in enumerate(self.layers):
             x = self.layer(x, layer, cos, sin, padded, lambda k, v: cache.update(k, v, i))
+        return self.read_out(x)
+
+    def embed_and_rotary(self, token_ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, 1, D], and cos, sin [B, 1, 1, d] for the new positions, shared by every layer."""
+        d = self.head_dim
+        x = self.embed(token_ids[:, None])
+        cos, sin = (t[:, None] for t in self.rotary(x, positions))
+        sin = torch.cat((-sin[..., : d // 2], sin[..., d // 2 :]), dim=-1)  # rotate_half's sign moved onto sin: (-a) * s == a * (-s), bit for bit
+        return x, cos, sin
+
+    def read_out(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [B, V], hidden [B, D]) in float32 from the last layer's x [B, 1, D]."""
         hidden = self.norm(x)
         return self.head(hidden)[:, -1].float(), hidden[:, -1].float()
 
