@@ -50,6 +50,12 @@ class BenchResult:
     def median(self, name: str) -> float:
         return statistics.median(self.rows[name]) if self.rows.get(name) else float("nan")
 
+    def span(self, name: str, fmt: str = ".2f") -> str:
+        """"runs 0.91–1.02×": the lowest and highest of a metric's runs, so a reader sees the host's noise beside the median."""
+        values = self.rows.get(name) or [float("nan")]
+        unit = "" if fmt.endswith("%") else "×"
+        return f"runs {min(values):{fmt}}–{max(values):{fmt}}{unit}"
+
 
 def median_seconds(fn, repeats: int) -> float:
     """Median wall time of `fn()` over `repeats` calls, after one untimed call."""
@@ -225,7 +231,7 @@ NOTES = """How the ratios come out this way:
 
 def report(result: BenchResult, facts: dict[str, Any], command: str, others: Sequence[str] = ()) -> str:
     """The report as Markdown; `others`: files beside it with the same bench on other CPUs, linked at the top."""
-    m = result.median
+    m, span = result.median, result.span
     bound = facts["bound_tps"]
     lines = [
         "# Performance",
@@ -239,13 +245,13 @@ def report(result: BenchResult, facts: dict[str, Any], command: str, others: Seq
         "",
         "| metric | median | target |",
         "|---|---|---|",
-        f"| vanilla decode | {m('vanilla tok/s'):.2f} tok/s = {m('vanilla / bound'):.0%} of the bandwidth bound ({bound:.1f} tok/s; each run against the bound measured right before and after it) | ≥ 70% of the bound |",
+        f"| vanilla decode | {m('vanilla tok/s'):.2f} tok/s = {m('vanilla / bound'):.0%} of the bandwidth bound ({bound:.1f} tok/s; each run against the bound measured right before and after it; {span('vanilla / bound', '.0%')}) | ≥ 70% of the bound |",
         f"| vanilla time to first token | {m('vanilla TTFT s'):.2f} s (prefill {m('vanilla prefill s'):.2f} s) | — |",
-        f"| SafeCoDe decode tok/s ÷ vanilla | {m('safecode decode ratio'):.2f}× | ≥ 0.95× |",
+        f"| SafeCoDe decode tok/s ÷ vanilla | {m('safecode decode ratio'):.2f}× ({span('safecode decode ratio')}) | ≥ 0.95× |",
         f"| SafeCoDe judge (caption + verdict) | {m('safecode judge s'):.1f} s = {m('safecode judge / vanilla run'):.2f}× one vanilla run | reported separately |",
-        f"| SafeSteer tok/s ÷ vanilla | {m('safesteer ratio'):.2f}× | ≥ 0.95× |",
+        f"| SafeSteer tok/s ÷ vanilla | {m('safesteer ratio'):.2f}× ({span('safesteer ratio')}) | ≥ 0.95× |",
         f"| SafeSteer time to first token | {m('safesteer TTFT s'):.2f} s | — |",
-        f"| side-by-side (all three, one batch per step) ÷ one vanilla run, judge excluded | {m('side-by-side / vanilla run (no judge)'):.2f}× | ≤ 1.3× |",
+        f"| side-by-side (all three, one batch per step) ÷ one vanilla run, judge excluded | {m('side-by-side / vanilla run (no judge)'):.2f}× ({span('side-by-side / vanilla run (no judge)')}) | ≤ 1.3× |",
         "| runs whose answer side by side is token for token the one alone (vanilla / SafeCoDe / SafeSteer) | "
         + " / ".join(f"{sum(result.rows[f'{c} side by side = alone']):.0f} of {len(result.rows[f'{c} side by side = alone'])}" for c in ("vanilla", "safecode", "safesteer"))
         + " | all, in float32 (tested); bfloat16 breaks near-ties by the batch |",
@@ -296,6 +302,11 @@ def figures(result: BenchResult, facts: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def runs(result: BenchResult) -> dict[str, list[float | None]]:
+    """Every metric's value in each run (prompt × repeat, in order), for `--json`: the spread behind each median."""
+    return {name: [None if v != v else v for v in values] for name, values in result.rows.items()}
+
+
 def main(cfg: BenchConfig, command: str, json_path: Path | None = None) -> int:
     result, facts = run_bench(cfg)
     others = sorted(p.name for p in cfg.output.parent.glob(f"{cfg.output.stem}-*.md")) if cfg.output else []  # e.g. PERFORMANCE-avx2.md
@@ -306,5 +317,5 @@ def main(cfg: BenchConfig, command: str, json_path: Path | None = None) -> int:
         cfg.output.write_text(text)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps({**figures(result, facts), "facts": facts}, indent=1) + "\n")
+        json_path.write_text(json.dumps({**figures(result, facts), "facts": facts, "runs": runs(result)}, indent=1) + "\n")
     return 0

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from safety_demo.eval.bench import JSON_FIELDS, BenchConfig, main, model_bytes
+from safety_demo.eval.bench import JSON_FIELDS, BenchConfig, BenchResult, main, model_bytes, runs
 
 
 class _LM(torch.nn.Module):
@@ -36,6 +36,19 @@ def test_streamed_bytes_skip_an_untied_embedding_table():
     assert model_bytes(_Adapter(tied=True)) == body + table  # the shared table streamed once, by the head
 
 
+def test_each_median_comes_with_its_runs_spread():
+    """A noisy host shows: the report gives the lowest and highest run beside a median, the JSON every run."""
+    result = BenchResult()
+    for value in (0.98, 0.91, 1.02):
+        result.add("safesteer ratio", value)
+    result.add("vanilla / bound", 0.64)
+    result.add("vanilla / bound", float("nan"))
+    assert result.median("safesteer ratio") == 0.98
+    assert result.span("safesteer ratio") == "runs 0.91–1.02×"
+    assert result.span("missing") == "runs nan–nan×"
+    assert runs(result) == {"safesteer ratio": [0.98, 0.91, 1.02], "vanilla / bound": [0.64, None]}  # NaN is not JSON
+
+
 @pytest.mark.slow  # a real bench run (fake model): about a minute on 2 cores
 def test_bench_json_has_the_named_figures(tmp_path, monkeypatch):
     monkeypatch.setenv("SAFETY_DEMO_FAKE_MODEL", "1")
@@ -48,6 +61,8 @@ def test_bench_json_has_the_named_figures(tmp_path, monkeypatch):
     assert figures["dtype"] == "float32" and "cores" in figures["cpu"]
     text = (tmp_path / "PERF.md").read_text()
     assert "Bandwidth bound" in text and "[PERF-avx2.md](PERF-avx2.md)" in text  # other CPUs' runs are linked
+    assert "SafeSteer tok/s ÷ vanilla | " in text and "(runs " in text  # each ratio's spread beside its median
+    assert len(figures["runs"]["safesteer ratio"]) == 1  # one prompt × one repeat
     probes = figures["facts"]["bandwidth_probes"]
     assert {"fp32 matrix-vector, 256 MB", "fp32 sum, 1 GB"} <= set(probes) and all(0 < gbs < 10_000 for gbs in probes.values())
 
