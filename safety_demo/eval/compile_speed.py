@@ -99,7 +99,8 @@ class StaticDecode:
     def __init__(self, model: torch.nn.Module, ids: torch.Tensor, steps: int, compiled: bool) -> None:
         self.model, self.ids = model, ids
         self.cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + steps + 1)
-        self.forward = torch.compile(model.forward, fullgraph=True, dynamic=False) if compiled else model.forward
+        # freezing: the weights become constants, laid out for oneDNN (the recipe's CPU setting)
+        self.forward = torch.compile(model.forward, fullgraph=True, dynamic=False, options={"freezing": True}) if compiled else model.forward
 
     @torch.no_grad()
     def __call__(self, steps: int) -> tuple[float, list[int]]:
@@ -173,7 +174,6 @@ def main(argv: list[str] | None = None) -> None:
     plain = BuiltinAdapter(args.variant, dtype=adapter.dtype, pack=False).model  # the recipe lays its weights out itself
     ids = adapter.tokenizer.apply_chat_template([{"role": "user", "content": request.prompt}], add_generation_prompt=True,
                                                 return_dict=True, return_tensors="pt")["input_ids"]
-    torch._inductor.config.freezing = True  # weights as constants, prepacked for oneDNN: the recipe's CPU setting
     static = {name: StaticDecode(plain, ids, args.steps, compiled) for name, compiled in
               (("transformers' forward, static cache", False), ("transformers' forward compiled", True))}
     for name, run in static.items():
@@ -183,12 +183,10 @@ def main(argv: list[str] | None = None) -> None:
     base = ms["lean step"]
     print(f"ms per step over {args.steps} steps, median of {args.repeats} repeats alternated; first call's seconds (with the compile)\n")
     print("| step | ms | ÷ lean step | first call s | greedy tokens |\n|---|---|---|---|---|")
-    same = {"lean step": "—", "lean layers compiled": tokens["lean layers compiled"] == tokens["lean step"],
-            "transformers' forward, static cache": "—",
-            "transformers' forward compiled": tokens["transformers' forward compiled"] == tokens["transformers' forward, static cache"]}
-    against = {"lean layers compiled": "the lean step's", "transformers' forward compiled": "the uncompiled forward's"}
+    reference = {"lean layers compiled": "lean step", "transformers' forward compiled": "transformers' forward, static cache"}
     for name, value in ms.items():
-        verdict = same[name] if isinstance(same[name], str) else (f"{'same as' if same[name] else 'differ from'} {against[name]}")
+        other = reference.get(name)
+        verdict = "—" if other is None else f"{'same as' if tokens[name] == tokens[other] else 'differ from'} {other}"
         print(f"| {name} | {value:.1f} | {value / base:.2f}x | {seconds[name]:.1f} | {verdict} |")
 
 
