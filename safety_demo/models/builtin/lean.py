@@ -11,10 +11,14 @@ and float32, alone, in a padded batch, and on repeated and kept rows (tests/mode
 Prefill keeps transformers' forward.
 
 The gain, `python -m safety_demo.eval.dtype_speed` (its "lean step" table), is in README's speed
-section. It is built only for what it was checked against: a Llama-shaped decoder (Qwen2 or Llama:
-RMSNorm, rotary q/k, grouped-query attention, a SiLU gated MLP) whose linear layers are packed
-with siblings sharing one product, on a full-attention DynamicCache with sdpa. Anything else
-(`LeanStep.build` returns None) decodes through transformers.
+section. Why not `torch.compile`: these layers traced into one inductor graph, or transformers'
+own compiled decode, run no faster on a 2-core avx512_bf16 EPYC (`python -m
+safety_demo.eval.compile_speed`, docs/PERFORMANCE-avx512.md).
+
+It is built only for what it was checked against: a Llama-shaped decoder (Qwen2 or Llama: RMSNorm,
+rotary q/k, grouped-query attention, a SiLU gated MLP) whose linear layers are packed with siblings
+sharing one product, on a full-attention DynamicCache with sdpa. Anything else (`LeanStep.build`
+returns None) decodes through transformers.
 """
 from __future__ import annotations
 
