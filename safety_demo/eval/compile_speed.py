@@ -30,6 +30,7 @@ from ..models.builtin.adapter import BuiltinAdapter
 from ..models.builtin.lean import LeanStep
 from ..models.cpu import cpu_name
 from ..models.packed import packed_product
+from .dtype_speed import greedy_tokens, step_ms
 
 
 @torch.library.custom_op("safety_demo::packed_product", mutates_args=())
@@ -82,16 +83,6 @@ class CompiledLayers(LeanStep):
         return self.read_out(x)
 
 
-def lean_decode(adapter: BuiltinAdapter, request: Request, steps: int) -> tuple[float, list[int]]:
-    """(ms per greedy `adapter.step` over `steps` steps after a one-row prefill, the tokens)."""
-    out, tokens = adapter.prefill([request]), []
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        tokens.append(int(out.logits[0].argmax()))
-        out = adapter.step(out.logits.argmax(-1), out.state)
-    return (time.perf_counter() - t0) / steps * 1000, tokens
-
-
 class StaticDecode:
     """transformers' compiled-decode recipe on a plain model: prefill eagerly into a `StaticCache`,
     then one token a step through `forward` (compiled or not)."""
@@ -123,23 +114,20 @@ class StaticDecode:
         return (time.perf_counter() - t0) / steps * 1000, tokens
 
 
-Run = Callable[[], tuple[float, list[int]]]  # -> (ms per step, greedy tokens)
-
-
-def alternate(runs: dict[str, Run], repeats: int) -> dict[str, float]:
+def alternate(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
     """Median ms per step of each run, the runs alternated over `repeats`."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
-            times[name].append(run()[0])
+            times[name].append(run())
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def warm(run: Run) -> tuple[float, list[int]]:
-    """Seconds of a first call (the compile, where there is one), and its tokens."""
+def seconds_of(run: Callable[[], object]) -> tuple[float, object]:
+    """Seconds of a first call (the compile, where there is one), and what it returned."""
     t0 = time.perf_counter()
-    _, tokens = run()
-    return time.perf_counter() - t0, tokens
+    out = run()
+    return time.perf_counter() - t0, out
 
 
 def has_compiler() -> bool:
@@ -167,25 +155,27 @@ def main(argv: list[str] | None = None) -> None:
     request = Request(load_photo("example:flower.jpg"), "Describe this photo.")
     lean, compiled = adapter.lean_step, CompiledLayers(adapter.model)
 
-    def with_step(step: LeanStep):
-        def run():
+    def on(step: LeanStep) -> Callable[[], float]:
+        def run() -> float:
             adapter.lean_step = step
-            return lean_decode(adapter, request, args.steps)
+            return step_ms(adapter, request, 1, args.steps)
         return run
 
-    runs = {"lean step": with_step(lean), "lean layers compiled": with_step(compiled)}
-    seconds, tokens = {}, {}
-    for name, run in runs.items():
-        seconds[name], tokens[name] = warm(run)
+    runs = {"lean step": on(lean), "lean layers compiled": on(compiled)}
+    seconds = {name: seconds_of(run)[0] for name, run in runs.items()}
+    tokens = {}
+    for name, step in (("lean step", lean), ("lean layers compiled", compiled)):
+        adapter.lean_step = step
+        tokens[name] = greedy_tokens(adapter, request, args.steps)
 
     plain = BuiltinAdapter(args.variant, dtype=adapter.dtype, pack=False).model  # the recipe lays its weights out itself
     ids = adapter.tokenizer.apply_chat_template([{"role": "user", "content": request.prompt}], add_generation_prompt=True,
                                                 return_dict=True, return_tensors="pt")["input_ids"]
-    static = {name: StaticDecode(plain, ids, args.steps, compiled) for name, compiled in
-              (("transformers' forward, static cache", False), ("transformers' forward compiled", True))}
-    for name, run in static.items():
-        seconds[name], tokens[name] = warm(lambda: run(args.steps))
-    ms = alternate({**runs, **{name: (lambda run=run: run(args.steps)) for name, run in static.items()}}, args.repeats)
+    for name, compile_it in (("transformers' forward, static cache", False), ("transformers' forward compiled", True)):
+        decode = StaticDecode(plain, ids, args.steps, compile_it)
+        seconds[name], (_, tokens[name]) = seconds_of(lambda: decode(args.steps))
+        runs[name] = lambda decode=decode: decode(args.steps)[0]
+    ms = alternate(runs, args.repeats)
 
     base = ms["lean step"]
     print(f"ms per step over {args.steps} steps, median of {args.repeats} repeats alternated; first call's seconds (with the compile)\n")

@@ -77,8 +77,9 @@ def greedy_tokens(adapter: VLMAdapter, request: Request, n: int) -> list[int]:
     """The first `n` greedy tokens for `request`."""
     out, tokens = adapter.prefill([request]), []
     for _ in range(n):
-        tokens.append(int(out.logits.argmax(-1)[0]))
-        out = adapter.step(out.logits.argmax(-1), out.state)
+        token = out.logits.argmax(-1)
+        tokens.append(int(token[0]))
+        out = adapter.step(token, out.state)
     return tokens
 
 

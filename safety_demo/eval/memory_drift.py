@@ -19,11 +19,8 @@ from .bench import Bandwidth
 
 def series(seconds: float) -> list[float]:
     """Median GB/s of each whole second over `seconds`."""
-    probes = Bandwidth()  # the bench's own probe buffers
-    if probes.packed is not None:
-        stream, size = (lambda: probes.packed(probes.row)), probes.packed.weight.numel() * 2
-    else:
-        stream, size = probes.big.sum, probes.big.numel() * 4
+    streams = Bandwidth().streams()  # the bench's own probes
+    stream, size = streams.get("bf16 packed linear, 1 row, 256 MB") or streams["fp32 sum, 1 GB"]
     per_second: dict[int, list[float]] = {}
     start = time.perf_counter()
     with torch.no_grad():
