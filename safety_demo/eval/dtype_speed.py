@@ -1,6 +1,6 @@
 """What a CPU decode step costs by dtype, weight layout and row count: `python -m safety_demo.eval.dtype_speed`.
 
-Seven tables (medians over repeats but the fourth, one profiled pass), every ratio from this one run:
+Eight kinds of table (medians over repeats but the fourth, one profiled pass), every ratio from this one run:
   * kernels: GB/s that 24 [896 -> 4864] linear layers (the built-in model's MLP, 209 MB in
     bfloat16) stream for 1, 3 and 8 rows, with `F.linear` on plain weights and with weights
     pre-packed for oneDNN (`models/packed.py`), in float32 and bfloat16;
@@ -10,6 +10,9 @@ Seven tables (medians over repeats but the fourth, one profiled pass), every rat
   * where a one-row step goes, from `torch.profiler`: the linear layers' kernels (and the GB/s
     they stream) against everything else (norms, rotary embedding, attention, the cache, Python),
     and the packed kernels by weight shape (small products stream slower than large ones);
+  * one packed one-row product by weight size, its weights read from memory (distinct copies
+    cycled, as a step reads them) and from cache (one weight back to back): a call's fixed cost,
+    and how much faster the same kernel runs when its weights need not come from memory;
   * sibling layers (q/k/v, gate/up) each on its own packed product against one shared product
     (`models/packed.py::SharedInput`): a one-row step through transformers' forward, and whether
     the greedy tokens are the same;
@@ -128,6 +131,22 @@ def step_breakdown(adapter: VLMAdapter, request: Request, steps: int) -> tuple[f
             us = e.self_cpu_time_total / e.count
             shapes.append(((n, k), e.count / steps, us, n * k * size / us / 1e3))
     return linear_us / 1e3 / steps, total_ms, sorted(shapes, key=lambda row: row[0][0] * row[0][1])
+
+
+@torch.no_grad()
+def product_us(out_features: int, in_features: int, dtype: torch.dtype, from_memory: bool,
+               memory_bytes: int = 2**28, repeats: int = 7) -> float:
+    """us a call of one packed one-row product [1, in] -> [1, out]. `from_memory`: distinct copies of
+    the weight, `memory_bytes` in all (far beyond the caches), called in turn, so each call reads its
+    weight from memory as a decode step does; else one weight called back to back, which stays in
+    cache when it fits (a call's fixed cost, where the weight is small)."""
+    size = out_features * in_features * dtype.itemsize
+    copies = -(-memory_bytes // size) if from_memory else 1
+    layers = [PackedLinear(torch.nn.Linear(in_features, out_features, bias=False, dtype=dtype).eval()) for _ in range(copies)]
+    calls = max(copies, 64)
+    x = torch.randn(1, in_features, dtype=dtype)
+    seconds = median_seconds(lambda: [layers[i % copies](x) for i in range(calls)], repeats)
+    return seconds / calls * 1e6
 
 
 @torch.no_grad()
@@ -250,6 +269,19 @@ def main(argv: list[str] | None = None) -> None:
         gbs = model_bytes(adapter) / (linear / 1e3) / 1e9
         by_shape = "; ".join(f"[{n}, {k}]: {calls:.0f}, {us:.0f} us, {g:.1f}" for (n, k), calls, us, g in shapes) or "—"
         print(f"| {name}, {'packed' if packed else 'plain'} | {total:.1f} | {linear:.1f} | {gbs:.1f} | {total - linear:.1f} | {by_shape} |")
+
+    for (name, packed), adapter in adapters.items():
+        if not packed or getattr(adapter, "lean_step", None) is None:
+            continue
+        layer, dtype = adapter.lean_step.layers[0], DTYPES[name]
+        shapes = [(64, adapter.model.config.hidden_size)] + [tuple(w.shape) for w, _ in (layer.qkv, layer.o, layer.down, layer.gate_up)]
+        print(f"\nOne packed one-row product by weight size, {name}: us a call from memory (copies of the weight cycled, 256 MB in all) "
+              f"and from cache (one weight back to back), median of {max(args.repeats, 7)}; the smallest weight shows a call's fixed cost\n")
+        print("| weight [out, in] | MB | from memory: us, GB/s | from cache: us, GB/s | memory ÷ cache |\n|---|---|---|---|---|")
+        for n, k in shapes:
+            mb = n * k * dtype.itemsize / 1e6
+            cold, hot = (product_us(n, k, dtype, cold, repeats=max(args.repeats, 7)) for cold in (True, False))
+            print(f"| [{n}, {k}] | {mb:.1f} | {cold:.0f}, {mb / cold * 1e3:.1f} | {hot:.0f}, {mb / hot * 1e3:.1f} | {cold / hot:.2f}x |")
 
     print(f"\nSibling layers (q/k/v, gate/up): a one-row step through transformers' forward with each on its own packed product and with one shared product, ms per step over {args.steps} steps, median of {args.repeats} repeats interleaved\n")
     print("| setting | separate | shared | shared ÷ separate | same tokens |\n|---|---|---|---|---|")

@@ -97,3 +97,31 @@ def test_bound_shares_time_the_kernels_the_step_and_the_engine_between_probes(mo
     assert calls[-4:] == ["probe", "kernels_ms", "step_ms", "probe"]  # the engine's decode runs between step_ms and the probe
     assert shares["bound ms"] == pytest.approx(model_bytes(adapter) / 2e9 * 1000)  # the faster probe, 2 GB/s
     assert all(0 < shares[k] for k in ("kernels alone", "lean step", "engine, vanilla"))
+
+
+def test_a_product_from_memory_cycles_distinct_weights_and_from_cache_repeats_one(monkeypatch):
+    """From memory: enough distinct weights to cover `memory_bytes`, each called in turn; from cache: one weight."""
+    from safety_demo.eval import dtype_speed
+    from safety_demo.models.packed import supported
+
+    if not supported(torch.float32):
+        pytest.skip("this torch build cannot pack float32 weights")
+    built, called = [], []
+
+    class Counted(dtype_speed.PackedLinear):
+        def __init__(self, layer):
+            super().__init__(layer)
+            built.append(self)
+
+        def forward(self, x):
+            called.append(self)
+            return super().forward(x)
+
+    monkeypatch.setattr(dtype_speed, "PackedLinear", Counted)
+    size = 32 * 16 * 4  # a [32, 16] float32 weight
+    assert dtype_speed.product_us(32, 16, torch.float32, True, memory_bytes=int(3.5 * size), repeats=1) > 0
+    assert len(built) == 4 and set(called) == set(built)  # ceil(3.5) copies, every one read
+    assert called[:8] == built + built  # in turn, not one copy over and over
+    built.clear(), called.clear()
+    assert dtype_speed.product_us(32, 16, torch.float32, False, repeats=1) > 0
+    assert len(built) == 1 and len(called) == 2 * 64  # one warm pass and one timed pass of 64 calls
