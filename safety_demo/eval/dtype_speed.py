@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         print("| weight [out, in] | MB | from memory: us, GB/s | from cache: us, GB/s | memory ÷ cache |\n|---|---|---|---|---|")
         for n, k in shapes:
             mb = n * k * dtype.itemsize / 1e6
-            cold, hot = (product_us(n, k, dtype, cold, repeats=max(args.repeats, 7)) for cold in (True, False))
+            cold, hot = (product_us(n, k, dtype, from_memory, repeats=max(args.repeats, 7)) for from_memory in (True, False))
             print(f"| [{n}, {k}] | {mb:.1f} | {cold:.0f}, {mb / cold * 1e3:.1f} | {hot:.0f}, {mb / hot * 1e3:.1f} | {cold / hot:.2f}x |")
 
     print(f"\nSibling layers (q/k/v, gate/up): a one-row step through transformers' forward with each on its own packed product and with one shared product, ms per step over {args.steps} steps, median of {args.repeats} repeats interleaved\n")
